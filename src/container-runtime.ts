@@ -1,0 +1,89 @@
+import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
+import { createContainer, removeContainer } from './containers.js';
+import { ContainerVolumesError } from './errors.js';
+import { checkId } from './spec/ids.js';
+import { describe, normalizeVolumePaths } from './spec/volume-path.js';
+import { parseVolumesFrom } from './spec/volumes-from.js';
+import { toContainerInfo } from './store/container-config.js';
+import type {
+  ContainerInfo,
+  CreateContainerSpec,
+  CreateVolumesOptions,
+  RemoveContainerOptions,
+  ShareOptions,
+  VolumeMount,
+} from './types.js';
+import { VolumeManager } from './volume-manager.js';
+
+/**
+ * Containers with Docker-style data volumes: `create` makes a container's volumes
+ * (`-v`) and shares others' (`--volumes-from`), `mount` bind-mounts them into its
+ * rootfs. `volumes` manages the volumes themselves.
+ */
+export class ContainerRuntime {
+  readonly volumes: VolumeManager;
+  readonly #ctx: Context;
+
+  constructor(options: ContainerVolumesOptions) {
+    this.#ctx = createContext(options);
+    this.volumes = new VolumeManager(options);
+  }
+
+  /** `docker create -v PATH… --volumes-from ID[:ro|:rw]…`: a new container with its volumes. */
+  async create(spec: CreateContainerSpec): Promise<ContainerInfo> {
+    const given = optionsObject<CreateContainerSpec>(spec, 'the container spec');
+    const paths = normalizeVolumePaths(given.volumes ?? []);
+    if (given.volumesFrom !== undefined && !Array.isArray(given.volumesFrom)) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom must be an array, got ${describe(given.volumesFrom)}`);
+    }
+    const volumesFrom = (given.volumesFrom ?? []).map(parseVolumesFrom);
+    const copyUp = optionalBoolean(given.copyUp, 'copyUp') ?? true;
+    const config = await this.#ctx.store.exclusive(() =>
+      createContainer(this.#ctx, { rootfs: given.rootfs, paths, volumesFrom, copyUp }),
+    );
+    return toContainerInfo(config);
+  }
+
+  async get(containerId: string): Promise<ContainerInfo> {
+    checkId(containerId, 'container');
+    return toContainerInfo(await this.#ctx.store.readContainer(containerId));
+  }
+
+  /** Every container, oldest first. */
+  async list(): Promise<ContainerInfo[]> {
+    return (await this.#ctx.store.readAllContainers()).map(toContainerInfo);
+  }
+
+  /** Same as `volumes.mount`: bind-mounts the container's volumes into its rootfs. */
+  mount(containerId: string): Promise<ContainerInfo> {
+    return this.volumes.mount(containerId);
+  }
+
+  /** Same as `volumes.unmount`. */
+  unmount(containerId: string): Promise<ContainerInfo> {
+    return this.volumes.unmount(containerId);
+  }
+
+  /**
+   * Deletes the container's configuration. A mounted container is refused unless
+   * `force` (which unmounts it first); `volumes` also deletes its volumes that no
+   * other container references (`docker rm -v`).
+   */
+  async remove(containerId: string, options?: RemoveContainerOptions): Promise<void> {
+    checkId(containerId, 'container');
+    const given = optionsObject<RemoveContainerOptions>(options, 'options');
+    const force = optionalBoolean(given.force, 'options.force') ?? false;
+    const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
+    await this.#ctx.store.exclusive(() => removeContainer(this.#ctx, containerId, force, volumes));
+  }
+
+  /** Same as `volumes.createVolumes`. */
+  createVolumes(containerId: string, paths: string[], options?: CreateVolumesOptions): Promise<VolumeMount[]> {
+    return this.volumes.createVolumes(containerId, paths, options);
+  }
+
+  /** Same as `volumes.shareVolumesFrom`. */
+  shareVolumesFrom(containerId: string, sourceId: string, options?: ShareOptions): Promise<VolumeMount[]> {
+    return this.volumes.shareVolumesFrom(containerId, sourceId, options);
+  }
+}

@@ -1,0 +1,107 @@
+import { ContainerVolumesError } from './errors.js';
+import type { Context } from './context.js';
+import { debugRuntime } from './debug.js';
+import { applyPlan, planMounts, removePlan, revertPlan } from './mount-plan.js';
+import { checkRootfs } from './rootfs/check-rootfs.js';
+import { sharedMounts, type ShareSource } from './sharing.js';
+import { newId } from './spec/ids.js';
+import { compareParentsFirst } from './spec/volume-path.js';
+import type { VolumesFromSpec } from './spec/volumes-from.js';
+import type { ContainerConfig } from './store/container-config.js';
+import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences } from './volumes.js';
+import type { VolumeMount } from './types.js';
+
+/* The operations on containers. Each runs inside the store's lock, taken by its caller. */
+
+export interface CreateRequest {
+  rootfs: unknown;
+  paths: string[];
+  volumesFrom: VolumesFromSpec[];
+  copyUp: boolean;
+}
+
+export function sortVolumes(volumes: VolumeMount[]): VolumeMount[] {
+  return volumes.sort((a, b) => compareParentsFirst(a.path, b.path));
+}
+
+export async function readSources(ctx: Context, specs: readonly VolumesFromSpec[]): Promise<ShareSource[]> {
+  return Promise.all(specs.map(async ({ containerId, mode }) => ({ config: await ctx.store.readContainer(containerId), mode })));
+}
+
+export async function createContainer(ctx: Context, request: CreateRequest): Promise<ContainerConfig> {
+  const rootfs = await checkRootfs(request.rootfs, ctx.store.root);
+  const shared = sharedMounts(await readSources(ctx, request.volumesFrom));
+  // A path a shared volume already covers gets no new volume: the shared data stays visible (Docker).
+  const anonymous = request.paths.filter((path) => !shared.some((s) => s.path === path));
+  const created = await makeVolumes(ctx, rootfs, anonymous, request.copyUp);
+  const config: ContainerConfig = {
+    version: 1,
+    id: newId(),
+    rootfs,
+    createdAt: new Date().toISOString(),
+    mounted: false,
+    volumes: sortVolumes([...shared, ...created]),
+  };
+  try {
+    await ctx.store.writeContainer(config);
+  } catch (error) {
+    await discardVolumes(ctx, created);
+    throw error;
+  }
+  debugRuntime('created container %s with %d volumes', config.id, config.volumes.length);
+  return config;
+}
+
+async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise<void> {
+  for (const { volumeId, path } of config.volumes) {
+    if (!(await ctx.store.volumeExists(volumeId))) {
+      throw new ContainerVolumesError(
+        'ERR_VOLUME_NOT_FOUND',
+        `volume ${volumeId} of container ${config.id} at ${path} is missing from the store`,
+      );
+    }
+  }
+}
+
+export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
+  const config = await ctx.store.readContainer(containerId);
+  await checkVolumesExist(ctx, config);
+  const made = await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+  if (config.mounted) return config;
+  const mounted = { ...config, mounted: true };
+  try {
+    await ctx.store.writeContainer(mounted);
+  } catch (error) {
+    await revertPlan(ctx.mounter, made);
+    throw error;
+  }
+  return mounted;
+}
+
+export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
+  await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+  if (!config.mounted) return config;
+  const unmounted = { ...config, mounted: false };
+  await ctx.store.writeContainer(unmounted);
+  return unmounted;
+}
+
+export async function removeContainer(ctx: Context, containerId: string, force: boolean, withVolumes: boolean): Promise<void> {
+  const config = await ctx.store.readContainer(containerId);
+  if (config.mounted && !force) {
+    throw new ContainerVolumesError('ERR_CONTAINER_MOUNTED', `container ${containerId} is mounted: unmount it first or pass { force: true }`);
+  }
+  let orphans: string[] = [];
+  if (withVolumes) {
+    // Decide and check everything before changing anything, so a refusal loses nothing.
+    const references = await volumeReferences(ctx);
+    orphans = config.volumes
+      .map((v) => v.volumeId)
+      .filter((id) => (references.get(id) ?? []).every((use) => use.containerId === containerId));
+    for (const id of orphans) await checkNothingMountedIn(ctx, id);
+  }
+  if (force) await unmountContainer(ctx, config);
+  await ctx.store.deleteContainer(containerId);
+  for (const id of orphans) await ctx.store.deleteVolumeDir(id);
+  debugRuntime('removed container %s (%d volumes deleted)', containerId, orphans.length);
+}

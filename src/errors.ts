@@ -1,0 +1,62 @@
+/**
+ * Every error the library throws is a ContainerVolumesError with a stable `code`.
+ * Codes are part of the public contract (docs/errors.md); messages are not.
+ */
+export type ErrorCode =
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_INVALID_ID'
+  | 'ERR_INVALID_ROOTFS'
+  | 'ERR_INVALID_VOLUME_PATH'
+  | 'ERR_INVALID_MODE'
+  | 'ERR_CONTAINER_NOT_FOUND'
+  | 'ERR_VOLUME_NOT_FOUND'
+  | 'ERR_DUPLICATE_MOUNT_POINT'
+  | 'ERR_SHARE_FROM_SELF'
+  | 'ERR_MOUNT_POINT_NOT_DIRECTORY'
+  | 'ERR_PATH_ESCAPES_ROOTFS'
+  | 'ERR_CONTAINER_MOUNTED'
+  | 'ERR_VOLUME_IN_USE'
+  | 'ERR_VOLUME_BUSY'
+  | 'ERR_COPY_UP_FAILED'
+  | 'ERR_MOUNT_FAILED'
+  | 'ERR_UNMOUNT_FAILED'
+  | 'ERR_CORRUPT_CONFIG'
+  | 'ERR_LOCK_FAILED';
+
+export class ContainerVolumesError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ContainerVolumesError';
+    this.code = code;
+  }
+}
+
+/** A `mount`/`umount` process that failed: carries the command line and what it said. */
+export class MountCommandError extends ContainerVolumesError {
+  readonly command: readonly string[];
+  readonly exitCode: number | undefined;
+  readonly stderr: string;
+
+  constructor(
+    code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED',
+    message: string,
+    details: { command: readonly string[]; exitCode: number | undefined; stderr: string },
+    options?: { cause?: unknown },
+  ) {
+    super(
+      code,
+      `${message}\n  command: ${details.command.join(' ')}\n  exit code: ${details.exitCode ?? 'none'}\n  output: ${details.stderr.trim()}`,
+      options,
+    );
+    this.name = 'MountCommandError';
+    this.command = details.command;
+    this.exitCode = details.exitCode;
+    this.stderr = details.stderr;
+  }
+}
+
+export function isErrnoException(error: unknown, code?: string): error is NodeJS.ErrnoException {
+  return error instanceof Error && 'code' in error && (code === undefined || (error as NodeJS.ErrnoException).code === code);
+}

@@ -1,0 +1,20 @@
+export { ContainerRuntime } from './container-runtime.js';
+export { VolumeManager } from './volume-manager.js';
+export type { ContainerVolumesOptions } from './context.js';
+export { BindMounter } from './mounter/bind.js';
+export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
+export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';
+export { ContainerVolumesError, MountCommandError, type ErrorCode } from './errors.js';
+export type {
+  ContainerInfo,
+  CreateContainerSpec,
+  CreateVolumesOptions,
+  Mode,
+  Origin,
+  PruneResult,
+  RemoveContainerOptions,
+  ShareOptions,
+  VolumeInfo,
+  VolumeMount,
+  VolumeUse,
+} from './types.js';

@@ -1,0 +1,85 @@
+import path from 'node:path';
+import { ContainerVolumesError } from '../errors.js';
+import type { Mode } from '../types.js';
+import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
+import { checkMountRequest, checkMountTarget } from './mount-target.js';
+
+export type FakeMounterCall =
+  | { op: 'mount'; source: string; rootfs: string; path: string; mode: Mode }
+  | { op: 'unmount'; rootfs: string; path: string }
+  | { op: 'list'; dir: string };
+
+export interface FakeFailure {
+  op: FakeMounterCall['op'];
+  /** Only calls for this container path (mount, unmount) fail; default: any. */
+  path?: string;
+  /** What the call throws; default an ERR_MOUNT_FAILED / ERR_UNMOUNT_FAILED error. */
+  error?: Error;
+  /** How many matching calls fail before the rule is used up; default 1. */
+  times?: number;
+}
+
+interface FakeMount {
+  source: string;
+  mode: Mode;
+}
+
+/**
+ * A Mounter that keeps its mounts in memory: for tests that need no root. It records
+ * every call in `calls` and can be told to fail chosen calls (`failOn`) so that
+ * rollback paths can be exercised. It does not look at the file system, so it cannot
+ * catch symlink escapes; the real BindMounter's tests do.
+ */
+export class FakeMounter implements Mounter {
+  readonly calls: FakeMounterCall[] = [];
+  /** Host path of the mount point → stack of mounts there, the last one on top. */
+  private readonly mounts = new Map<string, FakeMount[]>();
+  private readonly failures: FakeFailure[] = [];
+
+  failOn(failure: FakeFailure): void {
+    this.failures.push({ times: 1, ...failure });
+  }
+
+  clearCalls(): void {
+    this.calls.length = 0;
+  }
+
+  async mount(request: MountRequest): Promise<void> {
+    const { source, rootfs, path: containerPath, mode } = request;
+    checkMountRequest(request);
+    this.calls.push({ op: 'mount', source, rootfs, path: containerPath, mode });
+    this.maybeFail('mount', containerPath, 'ERR_MOUNT_FAILED');
+    const at = path.join(rootfs, containerPath);
+    this.mounts.set(at, [...(this.mounts.get(at) ?? []), { source, mode }]);
+  }
+
+  async unmount(target: MountTarget): Promise<void> {
+    checkMountTarget(target);
+    this.calls.push({ op: 'unmount', rootfs: target.rootfs, path: target.path });
+    this.maybeFail('unmount', target.path, 'ERR_UNMOUNT_FAILED');
+    const at = path.join(target.rootfs, target.path);
+    const stack = this.mounts.get(at) ?? [];
+    stack.pop();
+    if (stack.length === 0) this.mounts.delete(at);
+  }
+
+  async list(dir: string): Promise<MountedVolume[]> {
+    this.calls.push({ op: 'list', dir });
+    this.maybeFail('list', undefined, 'ERR_MOUNT_FAILED');
+    const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+    return [...this.mounts.entries()]
+      .filter(([at]) => at.startsWith(prefix))
+      .map(([at, stack]) => {
+        const top = stack[stack.length - 1] as FakeMount;
+        return { path: at.slice(prefix.length - 1), mode: top.mode, source: top.source };
+      })
+      .sort((a, b) => a.path.localeCompare(b.path));
+  }
+
+  private maybeFail(op: FakeMounterCall['op'], containerPath: string | undefined, code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED') {
+    const rule = this.failures.find((f) => f.op === op && (f.path === undefined || f.path === containerPath));
+    if (!rule) return;
+    if (--(rule.times as number) <= 0) this.failures.splice(this.failures.indexOf(rule), 1);
+    throw rule.error ?? new ContainerVolumesError(code, `injected ${op} failure${containerPath ? ` at ${containerPath}` : ''}`);
+  }
+}

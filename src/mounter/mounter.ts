@@ -1,0 +1,58 @@
+import type { Mode } from '../types.js';
+
+/** One volume to attach: the volume's directory, the container's rootfs, the container path and the mode. */
+export interface MountRequest {
+  /** Host directory of the volume (`<root>/volumes/<id>`). */
+  source: string;
+  /** Host directory of the container's root filesystem. */
+  rootfs: string;
+  /** Absolute, clean container path (`/var/lib/postgres`). */
+  path: string;
+  mode: Mode;
+}
+
+/** Where a volume is attached: a container path inside a rootfs. */
+export interface MountTarget {
+  rootfs: string;
+  path: string;
+}
+
+/** One mount found under a directory. */
+export interface MountedVolume {
+  /** Absolute path relative to the directory that was listed (a container path when that is a rootfs). */
+  path: string;
+  mode: Mode;
+  /** Host directory mounted there, when the mounter can tell. */
+  source?: string;
+}
+
+/**
+ * Attaches volume directories inside container root filesystems.
+ *
+ * The library calls a mounter only while it holds the store's lock, one call at a
+ * time per store, parents before children on mount and children before parents on
+ * unmount. Implement these three methods to plug in another mechanism (an LXC
+ * configuration writer, an agent on another host); run `mounterContract` from
+ * `container-volumes/testing` against it.
+ */
+export interface Mounter {
+  /**
+   * Attaches `source` at `path` inside `rootfs`. The path is resolved inside the rootfs
+   * as if it were `/`: no symlink may make the mount land outside it
+   * (ERR_PATH_ESCAPES_ROOTFS). Missing directories on the way are created inside the
+   * rootfs; a non-directory on the way is ERR_MOUNT_POINT_NOT_DIRECTORY. When the
+   * promise resolves the mount is in place with the requested mode in effect; when it
+   * rejects, nothing is left mounted by the call.
+   */
+  mount(request: MountRequest): Promise<void>;
+
+  /**
+   * Detaches the topmost mount at `path` inside `rootfs`. Resolves when nothing of ours
+   * is mounted there any more, including when nothing was mounted or the path does not
+   * exist: unmounting is idempotent.
+   */
+  unmount(target: MountTarget): Promise<void>;
+
+  /** What is mounted strictly below `dir` (normally a rootfs), parents first. */
+  list(dir: string): Promise<MountedVolume[]>;
+}

@@ -1,0 +1,72 @@
+import { ContainerVolumesError } from '../errors.js';
+import { isId } from '../spec/ids.js';
+import { normalizeVolumePath } from '../spec/volume-path.js';
+import type { ContainerInfo, VolumeMount } from '../types.js';
+
+/** What `containers/<id>.json` holds: the single source of truth for a container's volumes. */
+export interface ContainerConfig extends ContainerInfo {
+  version: 1;
+}
+
+export function serializeConfig(config: ContainerConfig): string {
+  return `${JSON.stringify(config, null, 2)}\n`;
+}
+
+/**
+ * Parses a configuration read from disk. Everything in it is checked before use —
+ * ids in particular, since they are joined into paths — so a tampered or truncated
+ * file is refused with ERR_CORRUPT_CONFIG instead of steering a mount or a delete.
+ */
+export function parseConfig(text: string, expectedId: string, file: string): ContainerConfig {
+  const corrupt = (why: string) =>
+    new ContainerVolumesError('ERR_CORRUPT_CONFIG', `configuration ${file} of container ${expectedId} is corrupt: ${why}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw corrupt(`not JSON (${(error as Error).message})`);
+  }
+  if (!isObject(raw)) throw corrupt('not an object');
+  const { version, id, rootfs, createdAt, mounted, volumes } = raw;
+  if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
+  if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
+  if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
+  if (typeof createdAt !== 'string' || Number.isNaN(Date.parse(createdAt))) throw corrupt('bad createdAt');
+  if (typeof mounted !== 'boolean') throw corrupt('bad mounted flag');
+  if (!Array.isArray(volumes)) throw corrupt('volumes is not an array');
+  const parsed = volumes.map((entry, i) => parseVolumeMount(entry, (why) => corrupt(`volumes[${i}]: ${why}`)));
+  if (new Set(parsed.map((v) => v.path)).size !== parsed.length) throw corrupt('two volumes share a path');
+  return { version: 1, id, rootfs, createdAt, mounted, volumes: parsed };
+}
+
+function parseVolumeMount(entry: unknown, corrupt: (why: string) => Error): VolumeMount {
+  if (!isObject(entry)) throw corrupt('not an object');
+  const { path, volumeId, mode, origin } = entry;
+  let cleanPath: string;
+  try {
+    cleanPath = normalizeVolumePath(path);
+  } catch (error) {
+    throw corrupt((error as Error).message);
+  }
+  if (cleanPath !== path) throw corrupt(`path ${JSON.stringify(path)} is not in clean form`);
+  if (!isId(volumeId)) throw corrupt(`bad volume id ${JSON.stringify(volumeId)}`);
+  if (mode !== 'rw' && mode !== 'ro') throw corrupt(`bad mode ${JSON.stringify(mode)}`);
+  if (origin === 'created') return { path: cleanPath, volumeId, mode, origin };
+  if (isObject(origin) && isId(origin.from)) return { path: cleanPath, volumeId, mode, origin: { from: origin.from } };
+  throw corrupt(`bad origin ${JSON.stringify(origin)}`);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A defensive copy, so callers can never mutate what the store holds. */
+export function toContainerInfo(config: ContainerConfig): ContainerInfo {
+  return {
+    id: config.id,
+    rootfs: config.rootfs,
+    volumes: config.volumes.map((v) => ({ ...v, origin: v.origin === 'created' ? 'created' : { ...v.origin } })),
+    mounted: config.mounted,
+    createdAt: config.createdAt,
+  };
+}

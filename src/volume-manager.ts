@@ -1,0 +1,184 @@
+import { ContainerVolumesError, isErrnoException } from './errors.js';
+import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
+import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
+import { sharedMounts } from './sharing.js';
+import { checkId } from './spec/ids.js';
+import { normalizeVolumePaths } from './spec/volume-path.js';
+import { checkMode } from './spec/volumes-from.js';
+import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
+import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
+import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences } from './volumes.js';
+import { debugStore } from './debug.js';
+
+/**
+ * The volumes of existing containers: add them, share them, mount them, and manage
+ * the volumes themselves (list, inspect, remove, prune).
+ */
+export class VolumeManager {
+  readonly #ctx: Context;
+
+  constructor(options: ContainerVolumesOptions) {
+    this.#ctx = createContext(options);
+  }
+
+  /** The state directory, resolved. */
+  get root(): string {
+    return this.#ctx.store.root;
+  }
+
+  /** Adds one new volume per path to a container (`-v`); copy-up as in `create`. Resolves to the mounts added. */
+  async createVolumes(containerId: string, paths: string[], options?: CreateVolumesOptions): Promise<VolumeMount[]> {
+    checkId(containerId, 'container');
+    const clean = normalizeVolumePaths(paths);
+    const copyUp = optionalBoolean(optionsObject<CreateVolumesOptions>(options, 'options').copyUp, 'options.copyUp') ?? true;
+    const ctx = this.#ctx;
+    return ctx.store.exclusive(async () => {
+      const config = await this.#changeable(containerId);
+      const taken = clean.find((path) => config.volumes.some((v) => v.path === path));
+      if (taken) throw duplicate(containerId, taken);
+      const created = await makeVolumes(ctx, config.rootfs, clean, copyUp);
+      try {
+        await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...created]) });
+      } catch (error) {
+        await discardVolumes(ctx, created);
+        throw error;
+      }
+      return created.map((v) => ({ ...v }));
+    });
+  }
+
+  /**
+   * Shares every volume of `sourceId` with `containerId` at the same paths
+   * (`--volumes-from`). Strict: a path the container already has is
+   * ERR_DUPLICATE_MOUNT_POINT. Resolves to the mounts added.
+   */
+  async shareVolumesFrom(containerId: string, sourceId: string, options?: ShareOptions): Promise<VolumeMount[]> {
+    checkId(containerId, 'container');
+    checkId(sourceId, 'container');
+    const mode = checkMode(optionsObject<ShareOptions>(options, 'options').mode, `sharing from ${sourceId}`);
+    if (containerId === sourceId) {
+      throw new ContainerVolumesError('ERR_SHARE_FROM_SELF', `container ${containerId} cannot share volumes from itself`);
+    }
+    const ctx = this.#ctx;
+    return ctx.store.exclusive(async () => {
+      const config = await this.#changeable(containerId);
+      const added = sharedMounts(await readSources(ctx, [{ containerId: sourceId, mode }]));
+      const taken = added.find((s) => config.volumes.some((v) => v.path === s.path));
+      if (taken) throw duplicate(containerId, taken.path);
+      await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...added]) });
+      return added;
+    });
+  }
+
+  /**
+   * Bind-mounts every volume of the container into its rootfs, parents first, and
+   * records that it is meant to be mounted. Idempotent: what is already in place is
+   * left alone. All or nothing: if one mount fails, those made by the call are undone.
+   */
+  async mount(containerId: string): Promise<ContainerInfo> {
+    checkId(containerId, 'container');
+    const ctx = this.#ctx;
+    return toContainerInfo(await ctx.store.exclusive(() => mountContainer(ctx, containerId)));
+  }
+
+  /** Undoes `mount`, children first. Idempotent; if one unmount fails, the others are mounted again. */
+  async unmount(containerId: string): Promise<ContainerInfo> {
+    checkId(containerId, 'container');
+    const ctx = this.#ctx;
+    return toContainerInfo(await ctx.store.exclusive(async () => unmountContainer(ctx, await ctx.store.readContainer(containerId))));
+  }
+
+  /** Every volume in the store, referenced or not, oldest first. */
+  async list(): Promise<VolumeInfo[]> {
+    const ctx = this.#ctx;
+    const [ids, references] = await Promise.all([ctx.store.listVolumeIds(), volumeReferences(ctx)]);
+    // A volume deleted by another process between the listing and the stat is simply gone.
+    const infos = (await Promise.all(ids.map((id) => this.#info(id, references).catch(ifGone(undefined))))).filter(
+      (info): info is VolumeInfo => info !== undefined,
+    );
+    return infos.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  /** A volume's host path, creation time, and which containers use it at which path. */
+  async inspect(volumeId: string): Promise<VolumeInfo> {
+    checkId(volumeId, 'volume');
+    await this.#existing(volumeId);
+    return this.#info(volumeId, await volumeReferences(this.#ctx));
+  }
+
+  /** Deletes a volume and its data; refused while any container references it, mounted or not. */
+  async remove(volumeId: string): Promise<void> {
+    checkId(volumeId, 'volume');
+    const ctx = this.#ctx;
+    await ctx.store.exclusive(async () => {
+      await this.#existing(volumeId);
+      const users = (await volumeReferences(ctx)).get(volumeId) ?? [];
+      if (users.length > 0) {
+        throw new ContainerVolumesError(
+          'ERR_VOLUME_IN_USE',
+          `volume ${volumeId} is in use by container${users.length > 1 ? 's' : ''} ${users.map((u) => `${u.containerId} (at ${u.path})`).join(', ')}`,
+        );
+      }
+      await checkNothingMountedIn(ctx, volumeId);
+      await ctx.store.deleteVolumeDir(volumeId);
+    });
+  }
+
+  /** Deletes every volume no container references; one with something mounted inside is kept. */
+  async prune(): Promise<PruneResult> {
+    const ctx = this.#ctx;
+    return ctx.store.exclusive(async () => {
+      const references = await volumeReferences(ctx);
+      const removed: string[] = [];
+      for (const id of await ctx.store.listVolumeIds()) {
+        if (references.has(id)) continue;
+        try {
+          await checkNothingMountedIn(ctx, id);
+        } catch (error) {
+          debugStore('prune keeps %s: %s', id, (error as Error).message);
+          continue;
+        }
+        await ctx.store.deleteVolumeDir(id);
+        removed.push(id);
+      }
+      return { removed };
+    });
+  }
+
+  async #changeable(containerId: string): Promise<ContainerConfig> {
+    const config = await this.#ctx.store.readContainer(containerId);
+    if (config.mounted) {
+      throw new ContainerVolumesError(
+        'ERR_CONTAINER_MOUNTED',
+        `container ${containerId} is mounted: unmount it before changing its volumes`,
+      );
+    }
+    return config;
+  }
+
+  async #existing(volumeId: string): Promise<void> {
+    if (!(await this.#ctx.store.volumeExists(volumeId))) {
+      throw new ContainerVolumesError('ERR_VOLUME_NOT_FOUND', `no such volume: ${volumeId}`);
+    }
+  }
+
+  async #info(id: string, references: Map<string, VolumeInfo['usedBy']>): Promise<VolumeInfo> {
+    return {
+      id,
+      hostPath: this.#ctx.store.volumeDir(id),
+      createdAt: await this.#ctx.store.volumeCreatedAt(id),
+      usedBy: (references.get(id) ?? []).map((u) => ({ ...u })),
+    };
+  }
+}
+
+function ifGone<T>(value: T) {
+  return (error: unknown): T => {
+    if (isErrnoException(error, 'ENOENT')) return value;
+    throw error;
+  };
+}
+
+function duplicate(containerId: string, path: string): ContainerVolumesError {
+  return new ContainerVolumesError('ERR_DUPLICATE_MOUNT_POINT', `container ${containerId} already has a volume at ${path}`);
+}
