@@ -57,6 +57,7 @@ export class MountCommandError extends ContainerVolumesError {
   }
 }
 
-export function isErrnoException(error: unknown, code?: string): error is NodeJS.ErrnoException {
-  return error instanceof Error && 'code' in error && (code === undefined || (error as NodeJS.ErrnoException).code === code);
+/** Duck-typed rather than `instanceof Error`: system errors may come from another realm (vm contexts, jest). */
+export function isErrnoException(error: unknown, code: string): error is NodeJS.ErrnoException {
+  return typeof error === 'object' && error !== null && (error as NodeJS.ErrnoException).code === code;
 }

@@ -1,0 +1,32 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+
+export interface MountLine {
+  mountPoint: string;
+  /** The directory of the source file system that is mounted (for a bind mount on the root fs: the host path). */
+  root: string;
+  options: string[];
+  optional: string[];
+}
+
+/** The mounts of /proc/self/mountinfo whose mount point is under `dir` (or is it), in mountinfo order. */
+export function mountsUnder(dir: string): MountLine[] {
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const f = line.split(' ');
+      const dash = f.indexOf('-', 6);
+      return { mountPoint: unescape(f[4] as string), root: unescape(f[3] as string), options: (f[5] as string).split(','), optional: f.slice(6, dash) };
+    })
+    .filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
+}
+
+/** Detaches every mount under `dir`, deepest first: cleanup after a test that failed half-way. */
+export function unmountAllUnder(dir: string): void {
+  for (const { mountPoint } of mountsUnder(dir).reverse()) {
+    execFileSync('umount', ['-l', mountPoint]);
+  }
+}

@@ -1,0 +1,206 @@
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { BindMounter, MountCommandError } from '../../src/index.js';
+import { mounterContract } from '../../src/testing.js';
+import { cleanupTemp, expectCode, tempDir } from '../helpers/fixtures.js';
+import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { assertPrivateMountNamespace } from './guard.js';
+
+const mounter = new BindMounter();
+let base: string;
+
+beforeAll(async () => {
+  assertPrivateMountNamespace();
+  base = await tempDir('bind-');
+});
+afterAll(async () => {
+  // Whatever a failed test left mounted goes before the directories do.
+  if (base) unmountAllUnder(base);
+  await cleanupTemp();
+});
+
+async function dirs(): Promise<{ rootfs: string; source: string; outside: string }> {
+  const dir = await fs.promises.mkdtemp(path.join(base, 'case-'));
+  const [rootfs, source, outside] = ['rootfs', 'source', 'outside'].map((d) => path.join(dir, d)) as [string, string, string];
+  for (const d of [rootfs, source, outside]) fs.mkdirSync(d);
+  fs.writeFileSync(path.join(source, 'marker'), 'volume data');
+  return { rootfs, source, outside };
+}
+
+describe('Mounter contract: BindMounter', () => {
+  for (const contractCase of mounterContract) {
+    test(contractCase.name, async () => {
+      const dir = await fs.promises.mkdtemp(path.join(base, 'contract-'));
+      let n = 0;
+      const make = async () => {
+        const d = path.join(dir, String(n++));
+        fs.mkdirSync(d);
+        return d;
+      };
+      await contractCase.run({ mounter, makeRootfs: make, makeSource: make });
+    });
+  }
+});
+
+describe('BindMounter: what a process sees', () => {
+  test('files of the volume are visible through the rootfs, with nosuid,nodev and private propagation', async () => {
+    const { rootfs, source } = await dirs();
+    // A shared parent would make our mount a peer that leaks into other namespaces.
+    execFileSync('mount', ['--bind', rootfs, rootfs]);
+    execFileSync('mount', ['--make-shared', rootfs]);
+    await mounter.mount({ source, rootfs, path: '/var/lib/db', mode: 'rw' });
+    expect(fs.readFileSync(path.join(rootfs, 'var/lib/db/marker'), 'utf8')).toBe('volume data');
+    fs.writeFileSync(path.join(rootfs, 'var/lib/db/new'), 'written inside');
+    expect(fs.readFileSync(path.join(source, 'new'), 'utf8')).toBe('written inside');
+    const [line] = mountsUnder(path.join(rootfs, 'var/lib/db'));
+    expect(line?.root).toBe(source);
+    expect(line?.options).toEqual(expect.arrayContaining(['rw', 'nosuid', 'nodev']));
+    expect(line?.optional.filter((o) => o.startsWith('shared:'))).toEqual([]);
+    await mounter.unmount({ rootfs, path: '/var/lib/db' });
+    execFileSync('umount', [rootfs]);
+    expect(mountsUnder(rootfs)).toEqual([]);
+    expect(fs.readdirSync(path.join(rootfs, 'var/lib/db'))).toEqual([]);
+  });
+
+  test('a read-only mount refuses writes with EROFS while the volume stays writable on the host', async () => {
+    const { rootfs, source } = await dirs();
+    await mounter.mount({ source, rootfs, path: '/data', mode: 'ro' });
+    expect(() => fs.writeFileSync(path.join(rootfs, 'data/x'), 'x')).toThrow(expect.objectContaining({ code: 'EROFS' }));
+    fs.writeFileSync(path.join(source, 'from-host'), 'ok');
+    expect(fs.readFileSync(path.join(rootfs, 'data/from-host'), 'utf8')).toBe('ok');
+    expect(mountsUnder(path.join(rootfs, 'data'))[0]?.options).toContain('ro');
+    await mounter.unmount({ rootfs, path: '/data' });
+  });
+
+  test('a read-only remount that does not take is detected in mountinfo and rolled back', async () => {
+    const { rootfs, source } = await dirs();
+    // A `mount` on PATH that quietly turns the read-only remount into a read-write one.
+    const bin = path.join(path.dirname(rootfs), 'bin');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(
+      path.join(bin, 'mount'),
+      '#!/bin/bash\nargs=()\nfor a in "$@"; do args+=("${a/,ro/,rw}"); done\nexec /usr/bin/mount "${args[@]}"\n',
+      { mode: 0o755 },
+    );
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${bin}:${savedPath}`;
+    try {
+      const error = await expectCode(mounter.mount({ source, rootfs, path: '/data', mode: 'ro' }), 'ERR_MOUNT_FAILED');
+      expect(error.message).toMatch(/does not show ro/);
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a failing mount command is reported with its command line, exit code and output, and leaves nothing', async () => {
+    const { rootfs } = await dirs();
+    const missing = path.join(base, 'no-such-volume');
+    const error = await expectCode(mounter.mount({ source: missing, rootfs, path: '/data', mode: 'rw' }), 'ERR_MOUNT_FAILED');
+    expect(error).toBeInstanceOf(MountCommandError);
+    const failed = error as unknown as MountCommandError;
+    expect(failed.command).toEqual(expect.arrayContaining(['mount', '--bind', missing]));
+    expect(failed.exitCode).toBe(32);
+    expect(failed.stderr).toMatch(/does not exist|No such file/);
+    expect(error.message).toContain('/data');
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a regular file on the path is ERR_MOUNT_POINT_NOT_DIRECTORY', async () => {
+    const { rootfs, source } = await dirs();
+    fs.writeFileSync(path.join(rootfs, 'data'), 'a file');
+    await expectCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rw' }), 'ERR_MOUNT_POINT_NOT_DIRECTORY');
+    await expectCode(mounter.mount({ source, rootfs, path: '/data/below', mode: 'rw' }), 'ERR_MOUNT_POINT_NOT_DIRECTORY');
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+});
+
+describe('BindMounter: symlinks never lead out of the rootfs', () => {
+  test('an absolute symlink to a host directory is followed inside the rootfs, as if the rootfs were /', async () => {
+    const { rootfs, source, outside } = await dirs();
+    fs.symlinkSync(outside, path.join(rootfs, 'data'));
+    await mounter.mount({ source, rootfs, path: '/data', mode: 'rw' });
+    expect(mountsUnder(outside)).toEqual([]);
+    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside)]);
+    expect(fs.readdirSync(outside)).toEqual([]);
+    await mounter.unmount({ rootfs, path: '/data' });
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a parent directory that is a symlink is resolved inside the rootfs too', async () => {
+    const { rootfs, source, outside } = await dirs();
+    fs.symlinkSync(outside, path.join(rootfs, 'var'));
+    await mounter.mount({ source, rootfs, path: '/var/lib/db', mode: 'rw' });
+    expect(mountsUnder(outside)).toEqual([]);
+    expect(fs.existsSync(path.join(outside, 'lib'))).toBe(false);
+    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside, 'lib/db')]);
+    await mounter.unmount({ rootfs, path: '/var/lib/db' });
+  });
+
+  test('a relative symlink that climbs with .. stops at the rootfs', async () => {
+    const { rootfs, source, outside } = await dirs();
+    fs.mkdirSync(path.join(rootfs, 'a/b'), { recursive: true });
+    fs.symlinkSync(`../../../../../../../../..${outside}`, path.join(rootfs, 'a/b/data'));
+    await mounter.mount({ source, rootfs, path: '/a/b/data', mode: 'rw' });
+    expect(mountsUnder(outside)).toEqual([]);
+    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside)]);
+    await mounter.unmount({ rootfs, path: '/a/b/data' });
+  });
+
+  test('a symlink to / (the rootfs itself) or a symlink loop is refused', async () => {
+    const { rootfs, source } = await dirs();
+    fs.symlinkSync('/', path.join(rootfs, 'root'));
+    fs.symlinkSync('loop2', path.join(rootfs, 'loop1'));
+    fs.symlinkSync('loop1', path.join(rootfs, 'loop2'));
+    await expectCode(mounter.mount({ source, rootfs, path: '/root', mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
+    await expectCode(mounter.mount({ source, rootfs, path: '/loop1', mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('unmount through a symlink never touches a mount outside the rootfs', async () => {
+    const { rootfs, source, outside } = await dirs();
+    execFileSync('mount', ['--bind', source, outside]);
+    fs.symlinkSync(outside, path.join(rootfs, 'data'));
+    await mounter.unmount({ rootfs, path: '/data' });
+    expect(mountsUnder(outside).map((m) => m.mountPoint)).toEqual([outside]);
+    execFileSync('umount', [outside]);
+  });
+
+  test('a target swapped for a symlink while mounts run in a loop never yields a mount outside the rootfs', async () => {
+    const { rootfs, source, outside } = await dirs();
+    fs.mkdirSync(path.join(rootfs, 'data'));
+    // Another process keeps swapping /data between a directory and a symlink to the host.
+    const swapper = spawn('bash', [
+      '-c',
+      'cd "$1" && while :; do mv -T data data.dir 2>/dev/null; ln -sfn "$2" data 2>/dev/null; rm -f data 2>/dev/null; mv -T data.dir data 2>/dev/null; done',
+      'swapper',
+      rootfs,
+      outside,
+    ]);
+    let attempts = 0;
+    let mounted = 0;
+    const escaped: string[] = [];
+    try {
+      for (; attempts < 300; attempts++) {
+        try {
+          await mounter.mount({ source, rootfs, path: '/data', mode: 'rw' });
+          mounted++;
+        } catch (error) {
+          expect((error as { code?: string }).code).toMatch(/^ERR_/);
+        }
+        for (const line of mountsUnder('/')) {
+          if (line.root === source && !line.mountPoint.startsWith(`${rootfs}/`)) escaped.push(line.mountPoint);
+        }
+        await mounter.unmount({ rootfs, path: '/data' }).catch(() => undefined);
+      }
+    } finally {
+      swapper.kill('SIGKILL');
+    }
+    console.log(`symlink-swap race: ${attempts} attempts, ${mounted} mounted, ${escaped.length} outside the rootfs`);
+    expect(escaped).toEqual([]);
+    expect(mounted).toBeGreaterThan(0);
+    unmountAllUnder(rootfs);
+  }, 120_000);
+});

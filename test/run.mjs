@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+// `npm test`: type-check, build (examples import the built package), the unit suite
+// (fake mounter), then the real-mount suite as root inside a private mount namespace.
+// When the real-mount suite cannot run, this says so loudly, and with CI=true fails.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const results = '.test-results';
+fs.mkdirSync(results, { recursive: true });
+const jest = ['--experimental-vm-modules', '--disable-warning=ExperimentalWarning', 'node_modules/jest/bin/jest.js'];
+const forwarded = process.argv.slice(2);
+
+function step(name, command, args, env = {}) {
+  console.log(`\n=== ${name}: ${[command, ...args].join(' ')}`);
+  const { status } = spawnSync(command, args, { stdio: 'inherit', env: { ...process.env, ...env } });
+  return status === 0;
+}
+
+function counts(file) {
+  try {
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return { passed: json.numPassedTests, failed: json.numFailedTests + json.numRuntimeErrorTestSuites, skipped: json.numPendingTests };
+  } catch {
+    return { passed: 0, failed: 1, skipped: 0 };
+  }
+}
+
+function canMountForReal() {
+  if (process.platform !== 'linux') return 'not Linux';
+  if (process.getuid() !== 0) return 'not root';
+  const probe = spawnSync('unshare', ['-m', '--propagation', 'private', 'true']);
+  return probe.status === 0 ? null : `unshare -m failed: ${String(probe.stderr).trim() || probe.error?.message}`;
+}
+
+let ok = step('typecheck', 'npx', ['tsc', '--noEmit']) && step('build', 'npx', ['tsup', '--silent']);
+if (!ok) process.exit(1);
+
+const unitFile = path.join(results, 'unit.json');
+ok = step('unit tests (fake mounter)', process.execPath, [...jest, '--selectProjects', 'unit', '--json', `--outputFile=${unitFile}`, ...forwarded]) && ok;
+const unit = counts(unitFile);
+
+const realFile = path.join(results, 'real.json');
+let real = { passed: 0, failed: 0, skipped: 0 };
+const cannot = canMountForReal();
+if (cannot) {
+  const banner = '!'.repeat(78);
+  console.error(`\n${banner}\n!!! REAL-MOUNT TESTS NOT RUN: ${cannot}.\n!!! They need root on Linux; run \`sudo npm test\` to include them.\n${banner}`);
+  if (process.env.CI === 'true') {
+    console.error('CI=true: a run without the real-mount tests is a failure.');
+    ok = false;
+  }
+} else {
+  ok =
+    step('real-mount tests (BindMounter, private mount namespace)', 'unshare', [
+      '-m', '--propagation', 'private', '--', process.execPath, ...jest, '--selectProjects', 'real', '--runInBand', '--json', `--outputFile=${realFile}`, ...forwarded,
+    ], { CONTAINER_VOLUMES_HOST_MNT_NS: fs.readlinkSync('/proc/self/ns/mnt') }) && ok;
+  real = counts(realFile);
+  if (real.passed === 0) ok = false;
+}
+
+console.log(`\nunit tests (fake mounter): ${unit.passed} passed, ${unit.failed} failed, ${unit.skipped} skipped`);
+console.log(`real-mount tests: ${cannot ? 'NOT RUN' : `${real.passed} passed, ${real.failed} failed, ${real.skipped} skipped`}`);
+console.log(`${unit.passed + real.passed} passed, ${unit.failed + real.failed} failed`);
+process.exit(ok ? 0 : 1);
