@@ -31,7 +31,8 @@ export class ContainerRuntime {
 
   /** `docker create -v PATH… --volumes-from ID[:ro|:rw]…`: a new container with its volumes. */
   async create(spec: CreateContainerSpec): Promise<ContainerInfo> {
-    const given = optionsObject<CreateContainerSpec>(spec, 'the container spec');
+    if (spec === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'create needs a container spec with a rootfs');
+    const given = optionsObject<CreateContainerSpec>(spec, 'the container spec', ['rootfs', 'volumes', 'volumesFrom', 'copyUp']);
     const paths = normalizeVolumePaths(given.volumes ?? []);
     if (given.volumesFrom !== undefined && !Array.isArray(given.volumesFrom)) {
       throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom must be an array, got ${describe(given.volumesFrom)}`);
@@ -71,7 +72,7 @@ export class ContainerRuntime {
    */
   async remove(containerId: string, options?: RemoveContainerOptions): Promise<void> {
     checkId(containerId, 'container');
-    const given = optionsObject<RemoveContainerOptions>(options, 'options');
+    const given = optionsObject<RemoveContainerOptions>(options, 'options', ['force', 'volumes']);
     const force = optionalBoolean(given.force, 'options.force') ?? false;
     const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
     await this.#ctx.store.exclusive(() => removeContainer(this.#ctx, containerId, force, volumes));

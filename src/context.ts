@@ -17,10 +17,8 @@ export interface Context {
 }
 
 export function createContext(options: ContainerVolumesOptions): Context {
-  if (typeof options !== 'object' || options === null) {
-    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `options must be an object, got ${describe(options)}`);
-  }
-  const { root, mounter } = options;
+  if (options === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'options with root and mounter are required');
+  const { root, mounter } = optionsObject<ContainerVolumesOptions>(options, 'options', ['root', 'mounter']);
   if (typeof root !== 'string' || root === '' || root.includes('\0')) {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `options.root must be a non-empty path, got ${describe(root)}`);
   }
@@ -31,10 +29,21 @@ export function createContext(options: ContainerVolumesOptions): Context {
   return { store: new Store(root), mounter };
 }
 
-export function optionsObject<T extends object>(given: unknown, what: string): Partial<T> {
+/**
+ * Checks an options object. Unknown keys are refused rather than ignored, so that a
+ * typo (`volume:` for `volumes:`) is an error instead of a container without volumes.
+ */
+export function optionsObject<T extends object>(given: unknown, what: string, known: readonly (keyof T & string)[]): Partial<T> {
   if (given === undefined) return {};
   if (typeof given !== 'object' || given === null || Array.isArray(given)) {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${what} must be an object, got ${describe(given)}`);
+  }
+  const unknown = Object.keys(given).filter((key) => !(known as readonly string[]).includes(key));
+  if (unknown.length > 0) {
+    throw new ContainerVolumesError(
+      'ERR_INVALID_ARGUMENT',
+      `${what} has unknown option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (known: ${known.join(', ')})`,
+    );
   }
   return given as Partial<T>;
 }

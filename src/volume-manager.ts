@@ -30,7 +30,7 @@ export class VolumeManager {
   async createVolumes(containerId: string, paths: string[], options?: CreateVolumesOptions): Promise<VolumeMount[]> {
     checkId(containerId, 'container');
     const clean = normalizeVolumePaths(paths);
-    const copyUp = optionalBoolean(optionsObject<CreateVolumesOptions>(options, 'options').copyUp, 'options.copyUp') ?? true;
+    const copyUp = optionalBoolean(optionsObject<CreateVolumesOptions>(options, 'options', ['copyUp']).copyUp, 'options.copyUp') ?? true;
     const ctx = this.#ctx;
     return ctx.store.exclusive(async () => {
       const config = await this.#changeable(containerId);
@@ -55,7 +55,7 @@ export class VolumeManager {
   async shareVolumesFrom(containerId: string, sourceId: string, options?: ShareOptions): Promise<VolumeMount[]> {
     checkId(containerId, 'container');
     checkId(sourceId, 'container');
-    const mode = checkMode(optionsObject<ShareOptions>(options, 'options').mode, `sharing from ${sourceId}`);
+    const mode = checkMode(optionsObject<ShareOptions>(options, 'options', ['mode']).mode, `sharing from ${sourceId}`);
     if (containerId === sourceId) {
       throw new ContainerVolumesError('ERR_SHARE_FROM_SELF', `container ${containerId} cannot share volumes from itself`);
     }

@@ -4,7 +4,7 @@ import { ContainerVolumesError, MountCommandError, isErrnoException } from '../e
 import { debugMount } from '../debug.js';
 import { openInRootfs } from '../rootfs/open-in-rootfs.js';
 import { compareParentsFirst } from '../spec/volume-path.js';
-import { checkMountRequest, checkMountTarget } from './mount-target.js';
+import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSource, readMountinfo } from './mountinfo.js';
 
@@ -82,6 +82,7 @@ export class BindMounter implements Mounter {
   }
 
   async list(dir: string): Promise<MountedVolume[]> {
+    checkListedDir(dir);
     let real: string;
     try {
       real = await fs.realpath(dir);

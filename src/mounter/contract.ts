@@ -102,6 +102,7 @@ export const mounterContract: readonly MounterContractCase[] = [
       await rejectsWithCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rx' as 'ro' }), 'ERR_INVALID_MODE');
       await rejectsWithCode(mounter.mount({ source, rootfs: 'rootfs', path: '/data', mode: 'rw' }), 'ERR_INVALID_ROOTFS');
       await rejectsWithCode(mounter.unmount({ rootfs, path: '' }), 'ERR_INVALID_VOLUME_PATH');
+      await rejectsWithCode(mounter.list('relative/dir'), 'ERR_INVALID_ARGUMENT');
       assert.deepEqual(await mounter.list(rootfs), []);
     },
   },

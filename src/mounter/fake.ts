@@ -2,7 +2,7 @@ import path from 'node:path';
 import { ContainerVolumesError } from '../errors.js';
 import type { Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
-import { checkMountRequest, checkMountTarget } from './mount-target.js';
+import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 
 export type FakeMounterCall =
   | { op: 'mount'; source: string; rootfs: string; path: string; mode: Mode }
@@ -64,6 +64,7 @@ export class FakeMounter implements Mounter {
   }
 
   async list(dir: string): Promise<MountedVolume[]> {
+    checkListedDir(dir);
     this.calls.push({ op: 'list', dir });
     this.maybeFail('list', undefined, 'ERR_MOUNT_FAILED');
     const prefix = dir.endsWith('/') ? dir : `${dir}/`;

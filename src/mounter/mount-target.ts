@@ -1,5 +1,5 @@
 import { ContainerVolumesError } from '../errors.js';
-import { normalizeVolumePath } from '../spec/volume-path.js';
+import { describe, normalizeVolumePath } from '../spec/volume-path.js';
 import { checkMode } from '../spec/volumes-from.js';
 import type { MountRequest, MountTarget } from './mounter.js';
 
@@ -8,11 +8,20 @@ import type { MountRequest, MountTarget } from './mounter.js';
  * absolute rootfs and a clean container path (the same rules as a volume path).
  */
 export function checkMountTarget(target: MountTarget): void {
-  if (typeof target.rootfs !== 'string' || !target.rootfs.startsWith('/') || target.rootfs.includes('\0')) {
-    throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `invalid rootfs ${String(target.rootfs)}: must be an absolute path`);
+  if (typeof target !== 'object' || target === null) {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `a mount target must be an object, got ${describe(target)}`);
   }
+  checkListedDir(target.rootfs, 'rootfs');
   if (normalizeVolumePath(target.path) !== target.path) {
     throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(target.path)}: not in clean form`);
+  }
+}
+
+/** The directory given to `list`, or a target's rootfs: an absolute host path. */
+export function checkListedDir(dir: unknown, what: 'rootfs' | 'directory' = 'directory'): void {
+  if (typeof dir !== 'string' || !dir.startsWith('/') || dir.includes('\0')) {
+    const code = what === 'rootfs' ? 'ERR_INVALID_ROOTFS' : 'ERR_INVALID_ARGUMENT';
+    throw new ContainerVolumesError(code, `invalid ${what} ${describe(dir)}: must be an absolute host path`);
   }
 }
 
