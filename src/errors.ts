@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'ERR_MOUNT_FAILED'
   | 'ERR_UNMOUNT_FAILED'
   | 'ERR_CORRUPT_CONFIG'
+  | 'ERR_STORE_UNAVAILABLE'
   | 'ERR_LOCK_FAILED';
 
 export class ContainerVolumesError extends Error {

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { ContainerVolumesError } from '../errors.js';
+import { compareParentsFirst } from '../spec/volume-path.js';
 import type { Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
@@ -74,7 +75,7 @@ export class FakeMounter implements Mounter {
         const top = stack[stack.length - 1] as FakeMount;
         return { path: at.slice(prefix.length - 1), mode: top.mode, source: top.source };
       })
-      .sort((a, b) => a.path.localeCompare(b.path));
+      .sort((a, b) => compareParentsFirst(a.path, b.path));
   }
 
   private maybeFail(op: FakeMounterCall['op'], containerPath: string | undefined, code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED') {

@@ -35,16 +35,23 @@ export class Store {
     return path.join(this.root, 'containers', `${checkId(containerId, 'container')}.json`);
   }
 
-  /** Creates the layout once per Store; idempotent across processes. */
+  /** Creates the layout once per Store; idempotent across processes. A failed attempt is retried next time. */
   open(): Promise<void> {
-    this.ready ??= (async () => {
-      await fs.mkdir(this.root, { recursive: true, mode: 0o711 });
-      for (const dir of ['volumes', 'containers', 'trash']) {
-        await fs.mkdir(path.join(this.root, dir), { recursive: true, mode: 0o700 });
-      }
-      this.root = await fs.realpath(this.root);
-    })();
+    this.ready ??= this.createLayout().catch((error: unknown) => {
+      this.ready = undefined;
+      throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `cannot open the store at ${this.root}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    });
     return this.ready;
+  }
+
+  private async createLayout(): Promise<void> {
+    await fs.mkdir(this.root, { recursive: true, mode: 0o711 });
+    for (const dir of ['volumes', 'containers', 'trash']) {
+      await fs.mkdir(path.join(this.root, dir), { recursive: true, mode: 0o700 });
+    }
+    this.root = await fs.realpath(this.root);
   }
 
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {

@@ -239,6 +239,18 @@ describe('persistence', () => {
     expect(await fs.readdir(path.join(root, 'trash'))).toEqual([]);
   });
 
+  test('a root that cannot be created is ERR_STORE_UNAVAILABLE naming it, and works once the cause is gone', async () => {
+    const { dir, rootfs } = await sandbox();
+    const blocker = path.join(dir, 'blocker');
+    await fs.writeFile(blocker, 'a file where the root should go');
+    const runtime = new ContainerRuntime({ root: path.join(blocker, 'state'), mounter: new FakeMounter() });
+    const error = await expectCode(runtime.list(), 'ERR_STORE_UNAVAILABLE');
+    expect(error.message).toContain(blocker);
+    await expectCode(runtime.create({ rootfs: await rootfs('c') }), 'ERR_STORE_UNAVAILABLE');
+    await fs.rm(blocker);
+    expect(await runtime.list()).toEqual([]);
+  });
+
   test('files under the store that are not ours are ignored, never deleted', async () => {
     const { runtime, root, rootfs } = await sandbox();
     await runtime.create({ rootfs: await rootfs('c'), volumes: ['/data'] });
