@@ -33,7 +33,7 @@ export class ContainerRuntime {
   async create(spec: CreateContainerSpec): Promise<ContainerInfo> {
     if (spec === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'create needs a container spec with a rootfs');
     const given = optionsObject<CreateContainerSpec>(spec, 'the container spec', ['rootfs', 'volumes', 'volumesFrom', 'copyUp']);
-    const paths = normalizeVolumePaths(given.volumes ?? []);
+    const paths = given.volumes === undefined ? [] : normalizeVolumePaths(given.volumes);
     if (given.volumesFrom !== undefined && !Array.isArray(given.volumesFrom)) {
       throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom must be an array, got ${describe(given.volumesFrom)}`);
     }

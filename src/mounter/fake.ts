@@ -46,8 +46,8 @@ export class FakeMounter implements Mounter {
   }
 
   async mount(request: MountRequest): Promise<void> {
-    const { source, rootfs, path: containerPath, mode } = request;
     checkMountRequest(request);
+    const { source, rootfs, path: containerPath, mode } = request;
     this.calls.push({ op: 'mount', source, rootfs, path: containerPath, mode });
     this.maybeFail('mount', containerPath, 'ERR_MOUNT_FAILED');
     const at = path.join(rootfs, containerPath);

@@ -30,5 +30,8 @@ export function checkMountRequest(request: MountRequest): void {
   if (typeof request.source !== 'string' || !request.source.startsWith('/') || request.source.includes('\0')) {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `invalid mount source ${String(request.source)}: must be an absolute path`);
   }
-  checkMode(request.mode, `the mount at ${request.path}`);
+  // Unlike a share, a mount has no mode to inherit: it must be given.
+  if (checkMode(request.mode, `the mount at ${request.path}`) === undefined) {
+    throw new ContainerVolumesError('ERR_INVALID_MODE', `the mount at ${request.path} has no mode: must be 'ro' or 'rw'`);
+  }
 }

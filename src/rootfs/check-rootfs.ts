@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { ContainerVolumesError } from '../errors.js';
 import { describe } from '../spec/volume-path.js';
 
@@ -20,10 +21,19 @@ export async function checkRootfs(given: unknown, storeRoot: string): Promise<st
     throw invalid((error as Error).message, error);
   }
   if (!(await fs.stat(real)).isDirectory()) throw invalid('not a directory');
-  if (real === '/') throw invalid("the host's / cannot be a container rootfs");
-  const within = (inner: string, outer: string) => inner === outer || inner.startsWith(`${outer}/`);
-  if (within(real, storeRoot) || within(storeRoot, real)) {
-    throw invalid(`it overlaps the store at ${storeRoot}`);
-  }
+  const problem = rootfsProblem(real, storeRoot);
+  if (problem) throw invalid(problem);
   return real;
+}
+
+/**
+ * What makes a real, absolute path unusable as a rootfs, if anything. Also applied to
+ * the rootfs read back from a configuration, which may have been edited since.
+ */
+export function rootfsProblem(rootfs: string, storeRoot: string): string | undefined {
+  if (rootfs === '/') return "the host's / cannot be a container rootfs";
+  if (path.posix.normalize(rootfs) !== rootfs || rootfs.endsWith('/')) return 'not in clean form';
+  const within = (inner: string, outer: string) => inner === outer || inner.startsWith(`${outer}/`);
+  if (within(rootfs, storeRoot) || within(storeRoot, rootfs)) return `it overlaps the store at ${storeRoot}`;
+  return undefined;
 }

@@ -1,4 +1,5 @@
 import { ContainerVolumesError } from '../errors.js';
+import { rootfsProblem } from '../rootfs/check-rootfs.js';
 import { isId } from '../spec/ids.js';
 import { normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerInfo, VolumeMount } from '../types.js';
@@ -17,7 +18,7 @@ export function serializeConfig(config: ContainerConfig): string {
  * ids in particular, since they are joined into paths — so a tampered or truncated
  * file is refused with ERR_CORRUPT_CONFIG instead of steering a mount or a delete.
  */
-export function parseConfig(text: string, expectedId: string, file: string): ContainerConfig {
+export function parseConfig(text: string, expectedId: string, file: string, storeRoot: string): ContainerConfig {
   const corrupt = (why: string) =>
     new ContainerVolumesError('ERR_CORRUPT_CONFIG', `configuration ${file} of container ${expectedId} is corrupt: ${why}`);
   let raw: unknown;
@@ -31,6 +32,8 @@ export function parseConfig(text: string, expectedId: string, file: string): Con
   if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
   if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
+  const problem = rootfsProblem(rootfs, storeRoot);
+  if (problem) throw corrupt(`rootfs ${rootfs}: ${problem}`);
   if (typeof createdAt !== 'string' || Number.isNaN(Date.parse(createdAt))) throw corrupt('bad createdAt');
   if (typeof mounted !== 'boolean') throw corrupt('bad mounted flag');
   if (!Array.isArray(volumes)) throw corrupt('volumes is not an array');

@@ -69,9 +69,13 @@ export class Store {
       if (isErrnoException(error, 'ENOENT')) {
         throw new ContainerVolumesError('ERR_CONTAINER_NOT_FOUND', `no such container: ${containerId}`);
       }
-      throw error;
+      throw new ContainerVolumesError(
+        'ERR_CORRUPT_CONFIG',
+        `configuration ${file} of container ${containerId} cannot be read: ${(error as Error).message}`,
+        { cause: error },
+      );
     }
-    return parseConfig(text, containerId, file);
+    return parseConfig(text, containerId, file, this.root);
   }
 
   async containerExists(containerId: string): Promise<boolean> {
@@ -134,6 +138,8 @@ export class Store {
     try {
       await fs.rename(this.volumeDir(volumeId), trashed);
     } catch (error) {
+      // Already gone is what we wanted: a configuration may outlive a volume lost by hand.
+      if (isErrnoException(error, 'ENOENT')) return;
       if (!isErrnoException(error, 'EBUSY')) throw error;
       throw new ContainerVolumesError('ERR_VOLUME_BUSY', `volume ${volumeId} cannot be deleted: its directory is a mount point`, {
         cause: error,
