@@ -1,7 +1,7 @@
 import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
-import { applyPlan, planMounts, removePlan, revertPlan } from './mount-plan.js';
+import { applyPlan, planMounts, removePlan } from './mount-plan.js';
 import { checkRootfs } from './rootfs/check-rootfs.js';
 import { sharedMounts, type ShareSource } from './sharing.js';
 import { newId } from './spec/ids.js';
@@ -66,13 +66,19 @@ async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
   await checkVolumesExist(ctx, config);
-  const made = await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
-  if (config.mounted) return config;
+  if (config.mounted) {
+    await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+    return config;
+  }
+  // Intent is recorded before the first mount (as containerd does): a process killed
+  // half-way leaves a container that says it is mounted, so `remove` still refuses it
+  // without force and `mount`/`unmount` finish the job, instead of mounts nobody knows of.
   const mounted = { ...config, mounted: true };
+  await ctx.store.writeContainer(mounted);
   try {
-    await ctx.store.writeContainer(mounted);
+    await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
   } catch (error) {
-    await revertPlan(ctx.mounter, made);
+    await ctx.store.writeContainer(config).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
     throw error;
   }
   return mounted;

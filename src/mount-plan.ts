@@ -14,27 +14,23 @@ export function planMounts(config: ContainerConfig, volumeDir: (volumeId: string
     .sort((a, b) => compareParentsFirst(a.path, b.path));
 }
 
-function isInPlace(present: readonly MountedVolume[], request: MountRequest, sameMode: boolean): boolean {
-  return present.some(
-    (m) =>
-      m.path === request.path &&
-      (!sameMode || m.mode === request.mode) &&
-      (m.source === undefined || m.source === request.source),
-  );
+/** Whether this very volume is mounted at the request's path; a mount the mounter cannot attribute is not ours. */
+function isMountedThere(present: readonly MountedVolume[], request: MountRequest): MountedVolume | undefined {
+  return present.find((m) => m.path === request.path && m.source === request.source);
 }
 
 /**
  * Makes the mounts of `plan` that are not already in place, parents first. If one
  * fails, those made by this call are undone (children first) and the error names the
- * path. Returns what it mounted.
+ * path.
  */
-export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[]): Promise<MountRequest[]> {
+export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[]): Promise<void> {
   const first = plan[0];
-  if (first === undefined) return [];
+  if (first === undefined) return;
   const present = await mounter.list(first.rootfs);
   const made: MountRequest[] = [];
   for (const request of plan) {
-    if (isInPlace(present, request, true)) continue;
+    if (isMountedThere(present, request)?.mode === request.mode) continue;
     try {
       await mounter.mount(request);
     } catch (error) {
@@ -43,7 +39,6 @@ export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[])
     }
     made.push(request);
   }
-  return made;
 }
 
 /**
@@ -56,7 +51,7 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
   const present = await mounter.list(first.rootfs);
   const removed: MountRequest[] = [];
   for (const request of [...plan].reverse()) {
-    if (!isInPlace(present, request, false)) continue;
+    if (!isMountedThere(present, request)) continue;
     try {
       await mounter.unmount(request);
     } catch (error) {
@@ -68,7 +63,7 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
 }
 
 /** Best effort by nature: it runs while another error is already on its way to the caller. */
-export async function revertPlan(mounter: Mounter, made: readonly MountRequest[]): Promise<void> {
+async function revertPlan(mounter: Mounter, made: readonly MountRequest[]): Promise<void> {
   for (const request of [...made].reverse()) {
     await mounter.unmount(request).catch((e: Error) => debugMount('rollback: unmounting %s failed: %s', request.path, e.message));
   }

@@ -16,6 +16,7 @@ export async function makeVolumes(ctx: Context, rootfs: string, paths: readonly 
       made.push({ path, volumeId, mode: 'rw', origin: 'created' });
       await prepareVolumeContent(rootfs, path, ctx.store.volumeDir(volumeId), copyUp);
     }
+    if (made.length > 0) await ctx.store.syncVolumes();
     return made;
   } catch (error) {
     await discardVolumes(ctx, made);

@@ -22,7 +22,7 @@ export interface MountedVolume {
   /** Absolute path relative to the directory that was listed (a container path when that is a rootfs). */
   path: string;
   mode: Mode;
-  /** Host directory mounted there, when the mounter can tell. */
+  /** Host directory mounted there, when the mounter can tell; a mount without one is never taken for a volume. */
   source?: string;
 }
 
@@ -37,9 +37,9 @@ export interface MountedVolume {
  */
 export interface Mounter {
   /**
-   * Attaches `source` at `path` inside `rootfs`. The path is resolved inside the rootfs
-   * as if it were `/`: no symlink may make the mount land outside it
-   * (ERR_PATH_ESCAPES_ROOTFS). Missing directories on the way are created inside the
+   * Attaches `source` at exactly `<rootfs><path>`. No symlink may make the mount land
+   * anywhere else: BindMounter refuses any symlink on the path (ERR_PATH_ESCAPES_ROOTFS)
+   * or in the rootfs's own path (ERR_INVALID_ROOTFS). Missing directories on the way are created inside the
    * rootfs; a non-directory on the way is ERR_MOUNT_POINT_NOT_DIRECTORY. When the
    * promise resolves the mount is in place with the requested mode in effect; when it
    * rejects, nothing is left mounted by the call.

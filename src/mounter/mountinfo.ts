@@ -2,15 +2,12 @@ import fs from 'node:fs/promises';
 
 /** One line of /proc/self/mountinfo. */
 export interface MountinfoEntry {
-  id: number;
-  parentId: number;
   device: string;
   /** The directory of the source file system that is mounted (a bind mount's source, relative to its file system). */
   root: string;
   mountPoint: string;
   /** Per-mount options (`ro`, `nosuid`, …); the superblock may say otherwise. */
   options: string[];
-  fsType: string;
 }
 
 /** mountinfo escapes space, tab, newline and backslash as three octal digits. */
@@ -26,13 +23,10 @@ export function parseMountinfo(text: string): MountinfoEntry[] {
     const dash = fields.indexOf('-', 6);
     if (dash === -1) continue;
     entries.push({
-      id: Number(fields[0]),
-      parentId: Number(fields[1]),
       device: fields[2] as string,
       root: unescape(fields[3] as string),
       mountPoint: unescape(fields[4] as string),
       options: (fields[5] as string).split(','),
-      fsType: fields[dash + 1] as string,
     });
   }
   return entries;
@@ -43,22 +37,21 @@ export async function readMountinfo(): Promise<MountinfoEntry[]> {
 }
 
 /**
- * The host path a bind mount shows, found through another mount of the same file
- * system whose root contains it. The witness closest to the file system's own root
- * wins (for a volume: the mount holding the store), never another bind mount of the
- * same directory, which would name a second path for it; mounts inside `exclude`
- * (the rootfs being listed) are never witnesses.
+ * The host path a bind mount shows, found through a mount of an *ancestor* directory
+ * of the same file system (for a volume: the mount that holds the store), the nearest
+ * one winning. Another bind mount of the very same directory (the volume mounted in
+ * another container) is never the witness: it would name a second path for it. Mounts
+ * inside `exclude` (the rootfs being listed) are never witnesses either.
  */
 export function bindSource(entry: MountinfoEntry, all: readonly MountinfoEntry[], exclude: string): string | undefined {
   let best: MountinfoEntry | undefined;
   for (const other of all) {
-    if (other.device !== entry.device || other === entry) continue;
+    if (other.device !== entry.device || other.root === entry.root) continue;
     if (other.mountPoint === exclude || other.mountPoint.startsWith(`${exclude}/`)) continue;
-    const prefix = other.root === '/' ? '' : other.root;
-    if (entry.root !== other.root && !entry.root.startsWith(`${prefix}/`)) continue;
-    if (!best || other.root.length < best.root.length) best = other;
+    if (other.root !== '/' && !entry.root.startsWith(`${other.root}/`)) continue;
+    if (!best || other.root.length > best.root.length) best = other;
   }
   if (!best) return undefined;
-  const rest = entry.root.slice(best.root === '/' ? 0 : best.root.length);
-  return best.mountPoint === '/' ? rest || '/' : `${best.mountPoint}${rest === '/' ? '' : rest}`;
+  const rest = best.root === '/' ? entry.root : entry.root.slice(best.root.length);
+  return best.mountPoint === '/' ? rest : `${best.mountPoint}${rest}`;
 }

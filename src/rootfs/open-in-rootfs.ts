@@ -3,12 +3,11 @@ import { ContainerVolumesError, isErrnoException } from '../errors.js';
 
 /** O_PATH is not in fs.constants; this value holds on x86-64 and arm64. */
 const O_PATH = 0o10000000;
+/** With O_DIRECTORY, O_NOFOLLOW makes a symlink fail (ENOTDIR) instead of being followed. */
 const OPEN_DIR = O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
-/** The kernel's own limit on symlinks followed in one lookup. */
-const MAX_SYMLINKS = 40;
 
-/** A directory inside a rootfs, pinned by an O_PATH file descriptor. */
-export interface RootfsDirectory {
+/** A directory pinned by an O_PATH file descriptor. */
+export interface PinnedDirectory {
   fd: number;
   /** The real host path of the directory, read back from the kernel after opening it. */
   hostPath: string;
@@ -18,120 +17,141 @@ export interface RootfsDirectory {
 }
 
 /**
- * Opens the directory at `containerPath` inside `rootfs`, resolving symlinks as if
- * `rootfs` were `/` (like a chroot), with `create` making missing directories (0755).
+ * Opens the directory at `containerPath` inside `rootfs` (`/` is the rootfs itself),
+ * `create` making missing directories (0755). Returns null when a component is missing
+ * and `create` is false.
  *
- * Every step goes through a file descriptor of the previous directory
- * (`/proc/self/fd/N/<name>`) opened with O_NOFOLLOW, so a component swapped for a
- * symlink after it was checked cannot redirect the walk out of the rootfs (the
- * CVE-2021-30465 class of race); the result is checked once more against the
- * kernel's own idea of where the descriptor points. Returns null when a component is
- * missing and `create` is false.
+ * No symlink is followed, neither in the rootfs's own host path nor in the container
+ * path: a symlink is ERR_PATH_ESCAPES_ROOTFS (the rootfs's: ERR_INVALID_ROOTFS). So a
+ * volume sits exactly at `<rootfs><path>`, two paths can never alias one mount point,
+ * and a rootfs replaced by a symlink after `create` cannot steer a mount onto the host.
+ * Every step opens `/proc/self/fd/<parent>/<name>` with O_NOFOLLOW, so a component
+ * swapped for a symlink after it was checked fails instead of redirecting the walk
+ * (the CVE-2021-30465 class of race).
  *
  * The calls are synchronous on purpose: the walk juggles raw descriptors, and each
  * step is a single local system call.
  */
-export function openInRootfs(rootfs: string, containerPath: string, create: true): RootfsDirectory;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean): RootfsDirectory | null;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean): RootfsDirectory | null {
-  const rootReal = realRootfs(rootfs);
-  const stack: number[] = [openDir(rootReal, rootfs, containerPath)];
-  const closeAll = () => stack.splice(0).forEach((fd) => fs.closeSync(fd));
+export function openInRootfs(rootfs: string, containerPath: string, create: true): PinnedDirectory;
+export function openInRootfs(rootfs: string, containerPath: string, create: boolean): PinnedDirectory | null;
+export function openInRootfs(rootfs: string, containerPath: string, create: boolean): PinnedDirectory | null {
+  if (containerPath.split('/').includes('..')) {
+    throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(containerPath)}: must not contain '..' segments`);
+  }
+  let fd = openRootfs(rootfs);
+  const rootHostPath = hostPathOf(fd);
   try {
-    const pending = containerPath.split('/').filter((c) => c !== '' && c !== '.');
-    let symlinks = 0;
-    while (pending.length > 0) {
-      const name = pending.shift() as string;
-      if (name === '..') {
-        if (stack.length > 1) fs.closeSync(stack.pop() as number);
-        continue;
-      }
-      const child = `/proc/self/fd/${stack[stack.length - 1]}/${name}`;
-      const stat = lstatOrCreate(child, create);
-      if (stat === null) {
-        closeAll();
-        return null;
-      }
-      if (stat.isSymbolicLink()) {
-        if (++symlinks > MAX_SYMLINKS) throw escapes(rootfs, containerPath, 'too many levels of symbolic links');
-        const target = fs.readlinkSync(child);
-        if (target.startsWith('/')) stack.splice(1).forEach((fd) => fs.closeSync(fd));
-        pending.unshift(...target.split('/').filter((c) => c !== '' && c !== '.'));
-        continue;
-      }
-      if (!stat.isDirectory()) {
-        throw new ContainerVolumesError(
-          'ERR_MOUNT_POINT_NOT_DIRECTORY',
-          `cannot use ${containerPath} in rootfs ${rootfs}: ${name} is not a directory`,
-        );
-      }
-      stack.push(openDir(child, rootfs, containerPath));
+    for (const name of components(containerPath)) {
+      const next = openChild(fd, name, create, rootfs, containerPath);
+      fs.closeSync(fd);
+      if (next === null) return null;
+      fd = next;
     }
-    const fd = stack.pop() as number;
-    closeAll();
-    return pinned(fd, rootReal, rootfs, containerPath);
   } catch (error) {
-    closeAll();
+    fs.closeSync(fd);
     throw error;
   }
+  return pin(fd, rootHostPath, rootfs, containerPath);
 }
 
-/** The rootfs's real path; the rootfs itself may be reached through host symlinks. */
-export function realRootfs(rootfs: string): string {
+/**
+ * Opens `name` inside the directory `dirFd`, without following a symlink; null when it
+ * is missing and `create` is false.
+ */
+export function openChild(dirFd: number, name: string, create: boolean, rootfs: string, containerPath: string): number | null {
+  const child = `/proc/self/fd/${dirFd}/${name}`;
   try {
-    return fs.realpathSync(rootfs);
+    return fs.openSync(child, OPEN_DIR);
   } catch (error) {
-    throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `rootfs ${rootfs} cannot be opened: ${(error as Error).message}`, {
-      cause: error,
-    });
+    if (!isErrnoException(error, 'ENOENT')) throw notADirectory(error, child, rootfs, containerPath, name);
+    if (!create) return null;
   }
-}
-
-function lstatOrCreate(child: string, create: boolean): fs.Stats | null {
-  try {
-    return fs.lstatSync(child);
-  } catch (error) {
-    if (!isErrnoException(error, 'ENOENT')) throw error;
-  }
-  if (!create) return null;
   try {
     fs.mkdirSync(child, 0o755);
+    return fs.openSync(child, OPEN_DIR);
   } catch (error) {
-    // Someone else made it between our lstat and mkdir: look at what is there now.
-    if (!isErrnoException(error, 'EEXIST')) throw error;
+    // Made by someone else between our open and our mkdir: open whatever is there now.
+    const raced = isErrnoException(error, 'EEXIST') ? openChild(dirFd, name, false, rootfs, containerPath) : null;
+    if (raced !== null) return raced;
+    // Gone again between our mkdir and our open (or its parent was removed): something is racing us.
+    if (isErrnoException(error, 'ENOENT') || isErrnoException(error, 'EEXIST')) {
+      throw new ContainerVolumesError(
+        'ERR_PATH_ESCAPES_ROOTFS',
+        `refusing ${containerPath} in rootfs ${rootfs}: ${name} changed while it was being resolved`,
+        { cause: error },
+      );
+    }
+    throw notADirectory(error, child, rootfs, containerPath, name);
   }
-  return fs.lstatSync(child);
 }
 
-function openDir(dirPath: string, rootfs: string, containerPath: string): number {
-  try {
-    return fs.openSync(dirPath, OPEN_DIR);
-  } catch (error) {
-    // ELOOP/ENOTDIR here mean the directory we just checked was swapped for something else.
-    if (isErrnoException(error, 'ELOOP') || isErrnoException(error, 'ENOTDIR')) {
-      throw escapes(rootfs, containerPath, 'a directory on the path changed while it was being resolved');
+function notADirectory(error: unknown, child: string, rootfs: string, containerPath: string, name: string): unknown {
+  if (!isErrnoException(error, 'ENOTDIR')) return error;
+  const isSymlink = (() => {
+    try {
+      return fs.lstatSync(child).isSymbolicLink();
+    } catch {
+      return false;
     }
+  })();
+  return isSymlink
+    ? new ContainerVolumesError(
+        'ERR_PATH_ESCAPES_ROOTFS',
+        `refusing ${containerPath} in rootfs ${rootfs}: ${name} is a symlink, and no symlink is followed on a volume path`,
+      )
+    : new ContainerVolumesError(
+        'ERR_MOUNT_POINT_NOT_DIRECTORY',
+        `cannot use ${containerPath} in rootfs ${rootfs}: ${name} is not a directory`,
+      );
+}
+
+/** Opens the rootfs itself by walking its host path from `/`, following no symlink. */
+function openRootfs(rootfs: string): number {
+  const invalid = (why: string, cause?: unknown) =>
+    new ContainerVolumesError('ERR_INVALID_ROOTFS', `rootfs ${rootfs} cannot be used: ${why}`, { cause });
+  const names = components(rootfs);
+  if (!rootfs.startsWith('/') || names.length === 0) throw invalid('it must be an absolute path other than /');
+  let fd = fs.openSync('/', OPEN_DIR);
+  try {
+    for (const name of names) {
+      let next: number;
+      try {
+        next = fs.openSync(`/proc/self/fd/${fd}/${name}`, OPEN_DIR);
+      } catch (error) {
+        const why = isErrnoException(error, 'ENOTDIR') ? `${name} is not a directory (symlinks are not followed)` : (error as Error).message;
+        throw invalid(why, error);
+      }
+      fs.closeSync(fd);
+      fd = next;
+    }
+    return fd;
+  } catch (error) {
+    fs.closeSync(fd);
     throw error;
   }
 }
 
-function pinned(fd: number, rootReal: string, rootfs: string, containerPath: string): RootfsDirectory {
-  const hostPath = fs.readlinkSync(`/proc/self/fd/${fd}`);
-  if (!hostPath.startsWith(rootReal === '/' ? '/' : `${rootReal}/`) || hostPath === rootReal) {
-    fs.closeSync(fd);
-    throw escapes(rootfs, containerPath, `it resolves to ${hostPath}, which is not strictly inside the rootfs`);
-  }
-  return {
-    fd,
-    hostPath,
-    procPath: `/proc/${process.pid}/fd/${fd}`,
-    close: () => fs.closeSync(fd),
-  };
+function components(p: string): string[] {
+  return p.split('/').filter((c) => c !== '' && c !== '.');
 }
 
-function escapes(rootfs: string, containerPath: string, why: string): ContainerVolumesError {
-  return new ContainerVolumesError(
-    'ERR_PATH_ESCAPES_ROOTFS',
-    `refusing ${containerPath} in rootfs ${rootfs}: ${why}`,
-  );
+export function hostPathOf(fd: number): string {
+  return fs.readlinkSync(`/proc/self/fd/${fd}`);
+}
+
+/** Belt and braces: the kernel must agree that the directory is the rootfs or inside it. */
+function pin(fd: number, rootHostPath: string, rootfs: string, containerPath: string): PinnedDirectory {
+  const hostPath = hostPathOf(fd);
+  if (hostPath !== rootHostPath && !hostPath.startsWith(`${rootHostPath}/`)) {
+    fs.closeSync(fd);
+    throw new ContainerVolumesError(
+      'ERR_PATH_ESCAPES_ROOTFS',
+      `refusing ${containerPath} in rootfs ${rootfs}: it resolves to ${hostPath}, outside the rootfs`,
+    );
+  }
+  return { fd, hostPath, procPath: procPathOf(fd), close: () => fs.closeSync(fd) };
+}
+
+export function procPathOf(fd: number): string {
+  return `/proc/${process.pid}/fd/${fd}`;
 }

@@ -7,6 +7,8 @@ import { syncDirectory, writeFileAtomic } from './atomic-file.js';
 import { type ContainerConfig, parseConfig, serializeConfig } from './container-config.js';
 import { withStoreLock } from './lock.js';
 
+const READ_BATCH = 64;
+
 /**
  * The on-disk state under `root`:
  *
@@ -78,18 +80,17 @@ export class Store {
     return parseConfig(text, containerId, file, this.root);
   }
 
-  async containerExists(containerId: string): Promise<boolean> {
-    return exists(this.configFile(containerId));
-  }
-
   /** Every container, oldest first. A file whose name is not `<uuid>.json` is not ours and is skipped. */
   async readAllContainers(): Promise<ContainerConfig[]> {
     await this.open();
     const names = await fs.readdir(path.join(this.root, 'containers'));
     const ids = names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
-    const configs = (await Promise.all(ids.map((id) => this.readContainer(id).catch(ifRemoved)))).filter(
-      (config): config is ContainerConfig => config !== undefined,
-    );
+    const configs: ContainerConfig[] = [];
+    // In batches: all at once would run out of file descriptors on a large store.
+    for (let i = 0; i < ids.length; i += READ_BATCH) {
+      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map((id) => this.readContainer(id).catch(ifRemoved)));
+      configs.push(...batch.filter((config): config is ContainerConfig => config !== undefined));
+    }
     return configs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
   }
 
@@ -104,12 +105,17 @@ export class Store {
     debugStore('deleted container %s', containerId);
   }
 
-  /** Makes an empty volume directory and returns its new id. */
+  /** Makes an empty volume directory and returns its new id; `syncVolumes` makes it durable. */
   async createVolumeDir(): Promise<string> {
     const id = newId();
     await fs.mkdir(this.volumeDir(id), { mode: 0o755 });
     debugStore('created volume %s', id);
     return id;
+  }
+
+  /** Makes new volume directories durable before a configuration that names them is written. */
+  async syncVolumes(): Promise<void> {
+    await syncDirectory(path.join(this.root, 'volumes'));
   }
 
   async volumeExists(volumeId: string): Promise<boolean> {

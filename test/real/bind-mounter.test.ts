@@ -118,45 +118,38 @@ describe('BindMounter: what a process sees', () => {
 });
 
 describe('BindMounter: symlinks never lead out of the rootfs', () => {
-  test('an absolute symlink to a host directory is followed inside the rootfs, as if the rootfs were /', async () => {
+  test.each([
+    ['the target itself', '/data', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'data'))],
+    ['a parent directory', '/var/lib/db', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'var'))],
+    ['a relative link climbing with ..', '/a/b/data', (rootfs: string, outside: string) => {
+      fs.mkdirSync(path.join(rootfs, 'a/b'), { recursive: true });
+      fs.symlinkSync(`../../../../../../../../..${outside}`, path.join(rootfs, 'a/b/data'));
+    }],
+    ['a link to / (the rootfs itself)', '/data', (rootfs: string) => fs.symlinkSync('/', path.join(rootfs, 'data'))],
+    ['a link that stays inside', '/data', (rootfs: string) => {
+      fs.mkdirSync(path.join(rootfs, 'real'));
+      fs.symlinkSync('real', path.join(rootfs, 'data'));
+    }],
+  ])('a symlink as %s is refused with ERR_PATH_ESCAPES_ROOTFS and nothing is mounted or created outside', async (_, target, plant) => {
     const { rootfs, source, outside } = await dirs();
-    fs.symlinkSync(outside, path.join(rootfs, 'data'));
-    await mounter.mount({ source, rootfs, path: '/data', mode: 'rw' });
+    plant(rootfs, outside);
+    const error = await expectCode(mounter.mount({ source, rootfs, path: target, mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
+    expect(error.message).toMatch(/is a symlink/);
+    expect(mountsUnder(rootfs)).toEqual([]);
     expect(mountsUnder(outside)).toEqual([]);
-    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside)]);
     expect(fs.readdirSync(outside)).toEqual([]);
-    await mounter.unmount({ rootfs, path: '/data' });
-    expect(mountsUnder(rootfs)).toEqual([]);
   });
 
-  test('a parent directory that is a symlink is resolved inside the rootfs too', async () => {
+  test('a rootfs replaced by a symlink after the fact is refused: nothing lands on the host', async () => {
     const { rootfs, source, outside } = await dirs();
-    fs.symlinkSync(outside, path.join(rootfs, 'var'));
-    await mounter.mount({ source, rootfs, path: '/var/lib/db', mode: 'rw' });
-    expect(mountsUnder(outside)).toEqual([]);
-    expect(fs.existsSync(path.join(outside, 'lib'))).toBe(false);
-    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside, 'lib/db')]);
-    await mounter.unmount({ rootfs, path: '/var/lib/db' });
-  });
-
-  test('a relative symlink that climbs with .. stops at the rootfs', async () => {
-    const { rootfs, source, outside } = await dirs();
-    fs.mkdirSync(path.join(rootfs, 'a/b'), { recursive: true });
-    fs.symlinkSync(`../../../../../../../../..${outside}`, path.join(rootfs, 'a/b/data'));
-    await mounter.mount({ source, rootfs, path: '/a/b/data', mode: 'rw' });
-    expect(mountsUnder(outside)).toEqual([]);
-    expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, outside)]);
-    await mounter.unmount({ rootfs, path: '/a/b/data' });
-  });
-
-  test('a symlink to / (the rootfs itself) or a symlink loop is refused', async () => {
-    const { rootfs, source } = await dirs();
-    fs.symlinkSync('/', path.join(rootfs, 'root'));
-    fs.symlinkSync('loop2', path.join(rootfs, 'loop1'));
-    fs.symlinkSync('loop1', path.join(rootfs, 'loop2'));
-    await expectCode(mounter.mount({ source, rootfs, path: '/root', mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
-    await expectCode(mounter.mount({ source, rootfs, path: '/loop1', mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect(mountsUnder(rootfs)).toEqual([]);
+    fs.renameSync(rootfs, `${rootfs}.old`);
+    fs.symlinkSync(outside, rootfs);
+    await expectCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rw' }), 'ERR_INVALID_ROOTFS');
+    expect(fs.readdirSync(outside)).toEqual([]);
+    execFileSync('mount', ['--bind', source, outside]);
+    await expectCode(mounter.unmount({ rootfs, path: '/' + path.basename(outside) }), 'ERR_INVALID_ROOTFS');
+    expect(mountsUnder(outside).map((m) => m.mountPoint)).toEqual([outside]);
+    execFileSync('umount', [outside]);
   });
 
   test('unmount through a symlink never touches a mount outside the rootfs', async () => {
@@ -171,11 +164,19 @@ describe('BindMounter: symlinks never lead out of the rootfs', () => {
   test('a target swapped for a symlink while mounts run in a loop never yields a mount outside the rootfs', async () => {
     const { rootfs, source, outside } = await dirs();
     fs.mkdirSync(path.join(rootfs, 'data'));
-    // Another process keeps swapping /data between a directory and a symlink to the host.
-    const swapper = spawn('bash', [
+    // Another process keeps swapping /data between a directory and a symlink to the host, without forking.
+    const swapper = spawn('python3', [
       '-c',
-      'cd "$1" && while :; do mv -T data data.dir 2>/dev/null; ln -sfn "$2" data 2>/dev/null; rm -f data 2>/dev/null; mv -T data.dir data 2>/dev/null; done',
-      'swapper',
+      [
+        'import os, sys',
+        'os.chdir(sys.argv[1])',
+        'while True:',
+        '    try: os.rename("data", "data.dir")',
+        '    except OSError: continue',
+        '    for step in (lambda: os.symlink(sys.argv[2], "data"), lambda: os.unlink("data"), lambda: os.rename("data.dir", "data")):',
+        '        try: step()',
+        '        except OSError: pass',
+      ].join('\n'),
       rootfs,
       outside,
     ]);
@@ -190,6 +191,8 @@ describe('BindMounter: symlinks never lead out of the rootfs', () => {
         } catch (error) {
           expect((error as { code?: string }).code).toMatch(/^ERR_/);
         }
+        // A failed attempt leaves nothing mounted anywhere, a successful one exactly one mount.
+        expect(mountsUnder('/').filter((line) => line.root === source).length).toBeLessThanOrEqual(1);
         for (const line of mountsUnder('/')) {
           if (line.root === source && !line.mountPoint.startsWith(`${rootfs}/`)) escaped.push(line.mountPoint);
         }

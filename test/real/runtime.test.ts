@@ -135,6 +135,43 @@ describe('the seed story with real bind mounts', () => {
     await runtime.unmount(c.id);
   });
 
+  test('a state root reached through a bind mount: mounting twice stacks nothing and unmount leaves nothing', async () => {
+    const { dir, rootfs } = await world();
+    const disk = path.join(dir, 'disk');
+    const state = path.join(dir, 'state-view');
+    fs.mkdirSync(path.join(disk, 'sub'), { recursive: true });
+    fs.mkdirSync(state);
+    execFileSync('mount', ['--bind', path.join(disk, 'sub'), state]);
+    try {
+      const runtime = new ContainerRuntime({ root: state, mounter: new BindMounter() });
+      const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/data', '/logs'] });
+      await runtime.mount(c.id);
+      await runtime.mount(c.id);
+      expect(table(c.rootfs).map((t) => t[0])).toEqual(['data', 'logs']);
+      await runtime.unmount(c.id);
+      expect(table(c.rootfs)).toEqual([]);
+      await runtime.remove(c.id, { volumes: true });
+      expect(fs.readdirSync(path.join(state, 'volumes'))).toEqual([]);
+    } finally {
+      execFileSync('umount', ['-l', state]);
+    }
+  });
+
+  test('a foreign mount already at a volume path is not taken for ours, and unmount leaves it in place', async () => {
+    const { root, rootfs, runtime } = await world();
+    const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/data'] });
+    const at = path.join(c.rootfs, 'data');
+    fs.mkdirSync(at);
+    execFileSync('mount', ['-t', 'tmpfs', 'foreign', at]);
+    fs.writeFileSync(path.join(at, 'foreign-file'), 'x');
+    await runtime.mount(c.id);
+    expect(fs.readdirSync(at)).toEqual([]);
+    expect(table(c.rootfs).map((t) => t[1])).toEqual(['/', path.join(root, 'volumes', c.volumes[0]!.volumeId)]);
+    await runtime.unmount(c.id);
+    expect(fs.readdirSync(at)).toEqual(['foreign-file']);
+    execFileSync('umount', [at]);
+  });
+
   test('the state root cannot be used as or inside a rootfs', async () => {
     const { root, runtime, rootfs, dir } = await world();
     rootfs('x');

@@ -63,15 +63,20 @@ describe('create: volumes made with a container (seed §1)', () => {
     expect(await fs.readdir(path.join(root, 'volumes', c.volumes[0]!.volumeId))).toEqual([]);
   });
 
-  test('copy-up never follows a symlink out of the rootfs', async () => {
+  test('copy-up never follows a symlink: a volume path through one is refused and nothing is copied or created', async () => {
     const { runtime, root, rootfs, dir } = await sandbox();
     const secret = path.join(dir, 'host-secret');
     await fs.mkdir(secret);
     await fs.writeFile(path.join(secret, 'shadow'), 'host data');
     const fsRoot = await rootfs('evil');
     await fs.symlink(secret, path.join(fsRoot, 'data'));
-    const c = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
-    expect(await fs.readdir(path.join(root, 'volumes', c.volumes[0]!.volumeId))).toEqual([]);
+    await fs.symlink('/', path.join(fsRoot, 'up'));
+    await runtime.list();
+    const before = await snapshotTree(root);
+    const error = await expectCode(runtime.create({ rootfs: fsRoot, volumes: ['/data'] }), 'ERR_PATH_ESCAPES_ROOTFS');
+    expect(error.message).toMatch(/data is a symlink/);
+    await expectCode(runtime.create({ rootfs: fsRoot, volumes: [`/up${secret}`] }), 'ERR_PATH_ESCAPES_ROOTFS');
+    expect(await snapshotTree(root)).toEqual(before);
   });
 
   test('a path that is a regular file in the rootfs cannot take a volume, and nothing is created', async () => {
