@@ -1,8 +1,8 @@
-import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
+import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
 import { createContainer, removeContainer } from './containers.js';
-import { ContainerVolumesError } from './errors.js';
+import { ContainerVolumesError, describe } from './errors.js';
 import { checkId } from './spec/ids.js';
-import { describe, normalizeVolumePaths } from './spec/volume-path.js';
+import { normalizeVolumePaths } from './spec/volume-path.js';
 import { parseVolumesFrom } from './spec/volumes-from.js';
 import { toContainerInfo } from './store/container-config.js';
 import type {
@@ -13,7 +13,7 @@ import type {
   ShareOptions,
   VolumeMount,
 } from './types.js';
-import { VolumeManager } from './volume-manager.js';
+import { contextOf, VolumeManager } from './volume-manager.js';
 
 /**
  * Containers with Docker-style data volumes: `create` makes a container's volumes
@@ -25,8 +25,8 @@ export class ContainerRuntime {
   readonly #ctx: Context;
 
   constructor(options: ContainerVolumesOptions) {
-    this.#ctx = createContext(options);
     this.volumes = new VolumeManager(options);
+    this.#ctx = contextOf(this.volumes);
   }
 
   /** `docker create -v PATH… --volumes-from ID[:ro|:rw]…`: a new container with its volumes. */

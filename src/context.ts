@@ -1,6 +1,5 @@
-import { ContainerVolumesError } from './errors.js';
+import { ContainerVolumesError, describe } from './errors.js';
 import type { Mounter } from './mounter/mounter.js';
-import { describe } from './spec/volume-path.js';
 import { Store } from './store/store.js';
 
 export interface ContainerVolumesOptions {

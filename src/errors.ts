@@ -62,3 +62,10 @@ export class MountCommandError extends ContainerVolumesError {
 export function isErrnoException(error: unknown, code: string): error is NodeJS.ErrnoException {
   return typeof error === 'object' && error !== null && (error as NodeJS.ErrnoException).code === code;
 }
+
+/** How a bad value is shown in a message: strings quoted (so NUL and newlines show), others by type. */
+export function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'string' ? JSON.stringify(value) : typeof value;
+}

@@ -10,6 +10,13 @@ import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, Vo
 import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences } from './volumes.js';
 import { debugStore } from './debug.js';
 
+/** The context of each manager, for the ContainerRuntime that owns it: one store, one queue. */
+const contexts = new WeakMap<VolumeManager, Context>();
+
+export function contextOf(manager: VolumeManager): Context {
+  return contexts.get(manager) as Context;
+}
+
 /**
  * The volumes of existing containers: add them, share them, mount them, and manage
  * the volumes themselves (list, inspect, remove, prune).
@@ -19,6 +26,7 @@ export class VolumeManager {
 
   constructor(options: ContainerVolumesOptions) {
     this.#ctx = createContext(options);
+    contexts.set(this, this.#ctx);
   }
 
   /** The state directory, resolved. */

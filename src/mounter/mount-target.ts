@@ -1,5 +1,5 @@
-import { ContainerVolumesError } from '../errors.js';
-import { describe, normalizeVolumePath } from '../spec/volume-path.js';
+import { ContainerVolumesError, describe } from '../errors.js';
+import { normalizeVolumePath } from '../spec/volume-path.js';
 import { checkMode } from '../spec/volumes-from.js';
 import type { MountRequest, MountTarget } from './mounter.js';
 

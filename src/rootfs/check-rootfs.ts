@@ -1,7 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ContainerVolumesError } from '../errors.js';
-import { describe } from '../spec/volume-path.js';
+import { ContainerVolumesError, describe } from '../errors.js';
 
 /**
  * Checks a rootfs given to `create` and returns its real path. A rootfs of `/` would

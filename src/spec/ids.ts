@@ -1,6 +1,5 @@
 import { v4 as uuidv4, validate } from 'uuid';
-import { ContainerVolumesError } from '../errors.js';
-import { describe } from './volume-path.js';
+import { ContainerVolumesError, describe } from '../errors.js';
 
 export function newId(): string {
   return uuidv4();

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { ContainerVolumesError } from '../errors.js';
+import { ContainerVolumesError, describe } from '../errors.js';
 
 /** Linux PATH_MAX counts the terminating NUL; NAME_MAX bounds each component. */
 const PATH_MAX = 4096;
@@ -36,12 +36,6 @@ export function normalizeVolumePaths(given: unknown): string[] {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volume paths must be an array of strings, got ${describe(given)}`);
   }
   return [...new Set(given.map(normalizeVolumePath))];
-}
-
-export function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'an array';
-  return typeof value === 'string' ? JSON.stringify(value) : typeof value;
 }
 
 /** Parents before children: a child's mount point lives inside its parent's volume. */

@@ -1,7 +1,6 @@
-import { ContainerVolumesError } from '../errors.js';
+import { ContainerVolumesError, describe } from '../errors.js';
 import type { Mode } from '../types.js';
 import { checkId } from './ids.js';
-import { describe } from './volume-path.js';
 
 export interface VolumesFromSpec {
   containerId: string;

@@ -14,6 +14,25 @@ const RETRIES = { retries: 3_000, factor: 1.3, minTimeout: 2, maxTimeout: 50, ra
 
 /** Callers of one process queue here, so only one of them polls the file lock. */
 const queues = new Map<string, Promise<void>>();
+/** The lock this process holds on each root, and whether it has been lost. */
+const held = new Map<string, { lost?: Error }>();
+
+/**
+ * Called before every change to the store: refuses to change it without the lock, or
+ * after the lock was lost (taken over as stale while we worked, e.g. when the event
+ * loop stalled for longer than STALE_MS), so that what we change next can never
+ * interleave with another process's changes.
+ */
+export function assertLockHeld(root: string): void {
+  const state = held.get(root);
+  if (!state) throw new Error(`internal error: the store at ${root} was about to be changed without its lock`);
+  if (state.lost) {
+    throw new ContainerVolumesError(
+      'ERR_LOCK_FAILED',
+      `the lock on ${root} was lost during the operation (${state.lost.message}); it stopped before changing anything more`,
+    );
+  }
+}
 
 /**
  * Runs `fn` while holding the store's lock: first the in-process queue for `root`,
@@ -34,7 +53,7 @@ export async function withStoreLock<T>(root: string, fn: () => Promise<T>): Prom
 }
 
 async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
-  let compromised: Error | undefined;
+  const state: { lost?: Error } = {};
   let release: () => Promise<void>;
   try {
     release = await lockfile.lock(root, {
@@ -45,7 +64,7 @@ async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
       retries: RETRIES,
       // The default throws from a timer and would crash the embedding process.
       onCompromised: (error) => {
-        compromised = error;
+        state.lost = error;
         debugLock('lock on %s compromised: %s', root, error.message);
       },
     });
@@ -55,13 +74,11 @@ async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
     });
   }
   debugLock('locked %s', root);
+  held.set(root, state);
   try {
-    const result = await fn();
-    if (compromised) {
-      throw new ContainerVolumesError('ERR_LOCK_FAILED', `the lock on ${root} was lost during the operation: ${compromised.message}`);
-    }
-    return result;
+    return await fn();
   } finally {
+    held.delete(root);
     await release().catch(() => undefined);
     debugLock('unlocked %s', root);
   }

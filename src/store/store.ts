@@ -5,7 +5,7 @@ import { debugStore } from '../debug.js';
 import { checkId, isId, newId } from '../spec/ids.js';
 import { syncDirectory, writeFileAtomic } from './atomic-file.js';
 import { type ContainerConfig, parseConfig, serializeConfig } from './container-config.js';
-import { withStoreLock } from './lock.js';
+import { assertLockHeld, withStoreLock } from './lock.js';
 
 const READ_BATCH = 64;
 
@@ -95,11 +95,13 @@ export class Store {
   }
 
   async writeContainer(config: ContainerConfig): Promise<void> {
+    assertLockHeld(this.root);
     await writeFileAtomic(this.configFile(config.id), serializeConfig(config));
     debugStore('wrote container %s', config.id);
   }
 
   async deleteContainer(containerId: string): Promise<void> {
+    assertLockHeld(this.root);
     await fs.unlink(this.configFile(containerId));
     await syncDirectory(path.join(this.root, 'containers'));
     debugStore('deleted container %s', containerId);
@@ -107,6 +109,7 @@ export class Store {
 
   /** Makes an empty volume directory and returns its new id; `syncVolumes` makes it durable. */
   async createVolumeDir(): Promise<string> {
+    assertLockHeld(this.root);
     const id = newId();
     await fs.mkdir(this.volumeDir(id), { mode: 0o755 });
     debugStore('created volume %s', id);
@@ -140,6 +143,7 @@ export class Store {
    * recursive removal leaves only trash behind.
    */
   async deleteVolumeDir(volumeId: string): Promise<void> {
+    assertLockHeld(this.root);
     const trashed = path.join(this.root, 'trash', `${checkId(volumeId, 'volume')}.${Date.now()}`);
     try {
       await fs.rename(this.volumeDir(volumeId), trashed);

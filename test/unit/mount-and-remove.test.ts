@@ -162,6 +162,31 @@ describe('remove', () => {
   });
 });
 
+describe('the store lock', () => {
+  test('a lock lost while an operation runs stops it before its next change, with ERR_LOCK_FAILED', async () => {
+    const fake = new FakeMounter();
+    // A mounter that stalls while someone else takes the lock away (as a process that
+    // thought us dead would), long enough for proper-lockfile to notice.
+    let root = '';
+    const stalling = {
+      mount: fake.mount.bind(fake),
+      list: fake.list.bind(fake),
+      async unmount(target: Parameters<FakeMounter['unmount']>[0]) {
+        await fs.rm(path.join(root, 'lock'), { recursive: true, force: true });
+        await new Promise((resolve) => setTimeout(resolve, 2_500));
+        return fake.unmount(target);
+      },
+    };
+    const box = await sandbox(stalling);
+    root = box.root;
+    const c = await box.runtime.create({ rootfs: await box.rootfs('c'), volumes: ['/data'] });
+    await box.runtime.mount(c.id);
+    const error = await expectCode(box.runtime.remove(c.id, { force: true }), 'ERR_LOCK_FAILED');
+    expect(error.message).toContain('stopped before changing anything more');
+    expect((await box.runtime.get(c.id)).mounted).toBe(true);
+  }, 15_000);
+});
+
 describe('VolumeManager', () => {
   test('inspect tells host path, creation time and which containers use the volume at which path and mode', async () => {
     const { runtime, db, rootfs, root } = await setup();
