@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test`: type-check, build (examples import the built package), the unit suite
+// `npm test`: build (examples import the built package), type-check, the unit suite
 // (fake mounter), then the real-mount suite as root inside a private mount namespace.
 // When the real-mount suite cannot run, this says so loudly, and with CI=true fails.
 import { spawnSync } from 'node:child_process';
@@ -33,7 +33,8 @@ function canMountForReal() {
   return probe.status === 0 ? null : `unshare -m failed: ${String(probe.stderr).trim() || probe.error?.message}`;
 }
 
-let ok = step('typecheck', 'npx', ['tsc', '--noEmit']) && step('build', 'npx', ['tsup', '--silent']);
+// Build first: the examples are type-checked against the built package, as a user would import it.
+let ok = step('build', 'npx', ['tsup', '--silent']) && step('typecheck', 'npx', ['tsc', '--noEmit']);
 if (!ok) process.exit(1);
 
 const unitFile = path.join(results, 'unit.json');
