@@ -1,7 +1,7 @@
 import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
-import { applyPlan, planMounts, removePlan } from './mount-plan.js';
+import { applyPlan, mountedOf, planMounts, removePlan } from './mount-plan.js';
 import { checkRootfs } from './rootfs/check-rootfs.js';
 import { sharedMounts, type ShareSource } from './sharing.js';
 import { newId } from './spec/ids.js';
@@ -66,8 +66,10 @@ async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
   await checkVolumesExist(ctx, config);
+  const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
+  const guard = () => ctx.store.assertLocked();
   if (config.mounted) {
-    await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+    await applyPlan(ctx.mounter, plan, guard);
     return config;
   }
   // Intent is recorded before the first mount (as containerd does): a process killed
@@ -76,16 +78,21 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   const mounted = { ...config, mounted: true };
   await ctx.store.writeContainer(mounted);
   try {
-    await applyPlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+    await applyPlan(ctx.mounter, plan, guard);
   } catch (error) {
-    await ctx.store.writeContainer(config).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
+    // Back to unmounted only if the rollback really left nothing mounted: otherwise the
+    // intent stays, so `remove` keeps refusing and `unmount` can finish the job.
+    const left = await mountedOf(ctx.mounter, plan).catch(() => plan);
+    if (left.length === 0) {
+      await ctx.store.writeContainer(config).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
+    }
     throw error;
   }
   return mounted;
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
-  await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)));
+  await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
   if (!config.mounted) return config;
   const unmounted = { ...config, mounted: false };
   await ctx.store.writeContainer(unmounted);

@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import { ContainerVolumesError } from './errors.js';
 import { debugMount } from './debug.js';
 import type { MountedVolume, Mounter, MountRequest } from './mounter/mounter.js';
@@ -14,24 +15,55 @@ export function planMounts(config: ContainerConfig, volumeDir: (volumeId: string
     .sort((a, b) => compareParentsFirst(a.path, b.path));
 }
 
-/** Whether this very volume is mounted at the request's path; a mount the mounter cannot attribute is not ours. */
-function isMountedThere(present: readonly MountedVolume[], request: MountRequest): MountedVolume | undefined {
-  return present.find((m) => m.path === request.path && m.source === request.source);
+/**
+ * This very volume mounted at the request's path, if it is. The mounter names the
+ * source by a host path, which may be another path to the same directory (the store
+ * reached through another bind mount), so differing paths are compared by identity.
+ * A mount the mounter cannot attribute is never ours.
+ */
+async function mountedThere(present: readonly MountedVolume[], request: MountRequest): Promise<MountedVolume | undefined> {
+  for (const m of present) {
+    if (m.path === request.path && (await sameDirectory(m.source, request.source))) return m;
+  }
+  return undefined;
+}
+
+async function sameDirectory(a: string | undefined, b: string): Promise<boolean> {
+  if (a === undefined) return false;
+  if (a === b) return true;
+  try {
+    const [x, y] = await Promise.all([fs.stat(a), fs.stat(b)]);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** The plan's mounts that are in place now. */
+export async function mountedOf(mounter: Mounter, plan: readonly MountRequest[]): Promise<MountRequest[]> {
+  const first = plan[0];
+  if (first === undefined) return [];
+  const present = await mounter.list(first.rootfs);
+  const found: MountRequest[] = [];
+  for (const request of plan) if (await mountedThere(present, request)) found.push(request);
+  return found;
 }
 
 /**
- * Makes the mounts of `plan` that are not already in place, parents first. If one
- * fails, those made by this call are undone (children first) and the error names the
- * path.
+ * Makes the mounts of `plan` that are not already in place, parents first. `guard`
+ * runs before each mount and once after the last (it throws when the store's lock was
+ * lost). If anything fails, the mounts made by this call are undone (children first)
+ * and the error names the path.
  */
-export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[]): Promise<void> {
+export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
   const first = plan[0];
   if (first === undefined) return;
   const present = await mounter.list(first.rootfs);
   const made: MountRequest[] = [];
   for (const request of plan) {
-    if (isMountedThere(present, request)?.mode === request.mode) continue;
+    if ((await mountedThere(present, request))?.mode === request.mode) continue;
     try {
+      guard();
       await mounter.mount(request);
     } catch (error) {
       await revertPlan(mounter, made);
@@ -39,20 +71,23 @@ export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[])
     }
     made.push(request);
   }
+  try {
+    guard();
+  } catch (error) {
+    await revertPlan(mounter, made);
+    throw error;
+  }
 }
 
 /**
- * Unmounts what of `plan` is mounted, children first. If one fails, those unmounted
- * by this call are mounted again so the container is left as it was.
+ * Unmounts what of `plan` is mounted, children first, running `guard` before each. If
+ * one fails, those unmounted by this call are mounted again so the container is left as it was.
  */
-export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]): Promise<void> {
-  const first = plan[0];
-  if (first === undefined) return;
-  const present = await mounter.list(first.rootfs);
+export async function removePlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
   const removed: MountRequest[] = [];
-  for (const request of [...plan].reverse()) {
-    if (!isMountedThere(present, request)) continue;
+  for (const request of (await mountedOf(mounter, plan)).reverse()) {
     try {
+      guard();
       await mounter.unmount(request);
     } catch (error) {
       await restore(mounter, removed.reverse());

@@ -94,6 +94,11 @@ export class Store {
     return configs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
   }
 
+  /** Throws unless this process holds the store's lock (ERR_LOCK_FAILED once it was lost). */
+  assertLocked(): void {
+    assertLockHeld(this.root);
+  }
+
   async writeContainer(config: ContainerConfig): Promise<void> {
     assertLockHeld(this.root);
     await writeFileAtomic(this.configFile(config.id), serializeConfig(config));

@@ -157,6 +157,23 @@ describe('the seed story with real bind mounts', () => {
     }
   });
 
+  test('a second path to the store (an ancestor bound elsewhere) does not make mounts stack', async () => {
+    const { dir, root, rootfs, runtime } = await world();
+    const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/data'] });
+    const view = path.join(dir, 'backup-view');
+    fs.mkdirSync(view);
+    execFileSync('mount', ['--bind', path.dirname(root), view]);
+    try {
+      await runtime.mount(c.id);
+      await runtime.mount(c.id);
+      expect(table(c.rootfs).map((t) => t[0])).toEqual(['data']);
+      await runtime.unmount(c.id);
+      expect(table(c.rootfs)).toEqual([]);
+    } finally {
+      execFileSync('umount', ['-l', view]);
+    }
+  });
+
   test('a foreign mount already at a volume path is not taken for ours, and unmount leaves it in place', async () => {
     const { root, rootfs, runtime } = await world();
     const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/data'] });

@@ -80,6 +80,18 @@ describe('mount', () => {
     expect((await mounter.list(fsRoot)).map((m) => m.path)).toEqual(['/srv']);
   });
 
+  test('a rollback that itself fails keeps the mounted intent, so remove still refuses the container', async () => {
+    const { runtime, mounter, db, fsRoot } = await setup();
+    mounter.failOn({ op: 'mount', path: '/var/log' });
+    mounter.failOn({ op: 'unmount', path: '/srv' });
+    await expectCode(runtime.mount(db.id), 'ERR_MOUNT_FAILED');
+    expect((await mounter.list(fsRoot)).map((m) => m.path)).toEqual(['/srv']);
+    expect((await runtime.get(db.id)).mounted).toBe(true);
+    await expectCode(runtime.remove(db.id, { volumes: true }), 'ERR_CONTAINER_MOUNTED');
+    await runtime.unmount(db.id);
+    expect(await mounter.list(fsRoot)).toEqual([]);
+  });
+
   test("a custom mounter's plain Error is wrapped as ERR_MOUNT_FAILED naming the path", async () => {
     const { runtime, mounter, db } = await setup();
     mounter.failOn({ op: 'mount', path: '/var/log', error: new Error('agent unreachable') });
@@ -163,6 +175,29 @@ describe('remove', () => {
 });
 
 describe('the store lock', () => {
+  test('a lock lost while mounting stops before the next mount and undoes the ones made', async () => {
+    const fake = new FakeMounter();
+    let root = '';
+    let first = true;
+    const stalling = {
+      unmount: fake.unmount.bind(fake),
+      list: fake.list.bind(fake),
+      async mount(request: Parameters<FakeMounter['mount']>[0]) {
+        await fake.mount(request);
+        if (!first) return;
+        first = false;
+        await fs.rm(path.join(root, 'lock'), { recursive: true, force: true });
+        await new Promise((resolve) => setTimeout(resolve, 2_500));
+      },
+    };
+    const box = await sandbox(stalling);
+    root = box.root;
+    const c = await box.runtime.create({ rootfs: await box.rootfs('c'), volumes: ['/a', '/b'] });
+    await expectCode(box.runtime.mount(c.id), 'ERR_LOCK_FAILED');
+    expect(fake.calls.filter((call) => call.op === 'mount').map((call) => 'path' in call && call.path)).toEqual(['/a']);
+    expect(await fake.list(c.rootfs)).toEqual([]);
+  }, 15_000);
+
   test('a lock lost while an operation runs stops it before its next change, with ERR_LOCK_FAILED', async () => {
     const fake = new FakeMounter();
     // A mounter that stalls while someone else takes the lock away (as a process that
