@@ -50,18 +50,46 @@ export async function mountedOf(mounter: Mounter, plan: readonly MountRequest[])
 }
 
 /**
- * Makes the mounts of `plan` that are not already in place, parents first. `guard`
- * runs before each mount and once after the last (it throws when the store's lock was
- * lost). If anything fails, the mounts made by this call are undone (children first)
- * and the error names the path.
+ * Makes the mounts of `plan` that are not already in place, parents first, in one
+ * batch when the mounter can. `guard` runs before mounting and once after (it throws
+ * when the store's lock was lost). If anything fails, the mounts made by this call are
+ * undone (children first) and the error names the path.
  */
 export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
   const first = plan[0];
   if (first === undefined) return;
   const present = await mounter.list(first.rootfs);
+  const missing: MountRequest[] = [];
+  for (const request of plan) if ((await mountedThere(present, request))?.mode !== request.mode) missing.push(request);
+  if (missing.length === 0) return;
+  const made = mounter.mountAll ? await mountBatch(mounter, mounter.mountAll, missing, guard) : await mountEach(mounter, missing, guard);
+  try {
+    guard();
+  } catch (error) {
+    await revertPlan(mounter, made);
+    throw error;
+  }
+}
+
+async function mountBatch(
+  mounter: Mounter,
+  mountAll: NonNullable<Mounter['mountAll']>,
+  requests: readonly MountRequest[],
+  guard: () => void,
+): Promise<readonly MountRequest[]> {
+  guard();
+  try {
+    await mountAll.call(mounter, requests);
+  } catch (error) {
+    const { rootfs } = requests[0] as MountRequest;
+    throw namingPath(error, 'ERR_MOUNT_FAILED', `mounting the volumes of rootfs ${rootfs} failed`);
+  }
+  return requests;
+}
+
+async function mountEach(mounter: Mounter, requests: readonly MountRequest[], guard: () => void): Promise<readonly MountRequest[]> {
   const made: MountRequest[] = [];
-  for (const request of plan) {
-    if ((await mountedThere(present, request))?.mode === request.mode) continue;
+  for (const request of requests) {
     try {
       guard();
       await mounter.mount(request);
@@ -71,21 +99,30 @@ export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[],
     }
     made.push(request);
   }
-  try {
-    guard();
-  } catch (error) {
-    await revertPlan(mounter, made);
-    throw error;
-  }
+  return made;
 }
 
 /**
- * Unmounts what of `plan` is mounted, children first, running `guard` before each. If
- * one fails, those unmounted by this call are mounted again so the container is left as it was.
+ * Unmounts what of `plan` is mounted, children first, in one batch when the mounter
+ * can, running `guard` first. If that fails, what this call unmounted is mounted
+ * again so the container is left as it was.
  */
 export async function removePlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
+  const mounted = (await mountedOf(mounter, plan)).reverse();
+  if (mounted.length === 0) return;
+  if (mounter.unmountAll) {
+    guard();
+    try {
+      await mounter.unmountAll(mounted);
+    } catch (error) {
+      const still = await mountedOf(mounter, plan).catch(() => plan);
+      await restore(mounter, mounted.filter((m) => !still.includes(m)).reverse());
+      throw namingPath(error, 'ERR_UNMOUNT_FAILED', `unmounting the volumes of rootfs ${(mounted[0] as MountRequest).rootfs} failed`);
+    }
+    return;
+  }
   const removed: MountRequest[] = [];
-  for (const request of (await mountedOf(mounter, plan)).reverse()) {
+  for (const request of mounted) {
     try {
       guard();
       await mounter.unmount(request);
@@ -99,12 +136,21 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
 
 /** Best effort by nature: it runs while another error is already on its way to the caller. */
 async function revertPlan(mounter: Mounter, made: readonly MountRequest[]): Promise<void> {
+  if (mounter.unmountAll) {
+    await mounter.unmountAll([...made].reverse()).catch((e: Error) => debugMount('rollback: unmounting failed: %s', e.message));
+    return;
+  }
   for (const request of [...made].reverse()) {
     await mounter.unmount(request).catch((e: Error) => debugMount('rollback: unmounting %s failed: %s', request.path, e.message));
   }
 }
 
 async function restore(mounter: Mounter, removed: readonly MountRequest[]): Promise<void> {
+  if (removed.length === 0) return;
+  if (mounter.mountAll) {
+    await mounter.mountAll(removed).catch((e: Error) => debugMount('rollback: remounting failed: %s', e.message));
+    return;
+  }
   for (const request of removed) {
     await mounter.mount(request).catch((e: Error) => debugMount('rollback: remounting %s failed: %s', request.path, e.message));
   }

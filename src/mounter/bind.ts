@@ -1,11 +1,13 @@
 import fs from 'node:fs/promises';
-import { closeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { execa } from 'execa';
 import { ContainerVolumesError, MountCommandError, isErrnoException } from '../errors.js';
 import { debugMount } from '../debug.js';
-import { hostPathOf, openChild, openInRootfs, procPathOf } from '../rootfs/open-in-rootfs.js';
-import { compareParentsFirst } from '../spec/volume-path.js';
+import { openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
+import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSource, readMountinfo } from './mountinfo.js';
@@ -13,72 +15,74 @@ import { bindSource, readMountinfo } from './mountinfo.js';
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
 const NOTHING_MOUNTED = /not mounted|no mount point specified/;
 
+/** O_PATH is not in fs.constants; this value holds on x86-64 and arm64. */
+const O_PATH = 0o10000000;
+
+/** A mount made by this mounter: the pinned parent of its mount point, and a descriptor on the mount itself. */
+interface MadeMount {
+  request: MountRequest;
+  parent: PinnedDirectory;
+  name: string;
+  /** Opened through the parent after the bind: names the new mount, not the directory it covers. */
+  fd: number;
+}
+
 /**
  * Linux bind mounts through util-linux's `mount` and `umount`, run by execa with
  * argument arrays. Needs root (CAP_SYS_ADMIN in the caller's mount namespace).
  *
- * A mount is two processes: the bind itself, then a remount that applies
- * `nosuid,nodev` and the mode and makes the mount private. Both address the target
- * as `/proc/<pid>/fd/<n>`, a descriptor opened inside the rootfs without following
- * symlinks, so no path string is re-resolved between the safety check and the mount.
- * The parent directory stays pinned by a descriptor throughout, and a mount point
- * cannot be renamed or removed, so the remount, the check and any rollback reach the
- * very mount that was made. The result is read back from /proc/self/mountinfo: a
- * mount whose options are not what was asked (a read-only remount that did not take)
- * is removed again and reported, never left writable.
+ * A whole container costs a constant number of processes, whatever its number of
+ * volumes: one `mount -a` per level of nesting makes the binds, one more applies
+ * `nosuid,nodev`, the mode and private propagation to all of them (so a child's mount
+ * point can still be made inside a parent that becomes read-only), and one `umount`
+ * detaches them all. The commands read a generated fstab in which every target is
+ * `/proc/<pid>/fd/<n>`, a descriptor opened inside the rootfs without following
+ * symlinks, so no path string is resolved again between the safety check and the
+ * mount. After the bind, the mount point is opened again through its pinned parent
+ * (a mount point cannot be renamed or removed) and must be the source directory on a
+ * new mount; after the remount, /proc/self/mountinfo must show the options asked for
+ * on that very mount id. Anything else is undone and reported, never left writable.
  */
 export class BindMounter implements Mounter {
-  async mount(request: MountRequest): Promise<void> {
-    checkMountRequest(request);
-    const { source, rootfs, path: containerPath, mode } = request;
-    const what = `mounting volume ${source} at ${containerPath} in rootfs ${rootfs}`;
-    const parent = openInRootfs(rootfs, path.posix.dirname(containerPath), true);
-    const name = path.posix.basename(containerPath);
+  mount(request: MountRequest): Promise<void> {
+    return this.mountAll([request]);
+  }
+
+  unmount(target: MountTarget): Promise<void> {
+    return this.unmountAll([target]);
+  }
+
+  async mountAll(requests: readonly MountRequest[]): Promise<void> {
+    if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
+    requests.forEach(checkMountRequest);
+    const made: MadeMount[] = [];
     try {
-      const target = openChild(parent.fd, name, true, rootfs, containerPath) as number;
-      try {
-        await run(['mount', '--no-canonicalize', '--bind', source, procPathOf(target)], 'ERR_MOUNT_FAILED', what);
-      } finally {
-        closeSync(target);
-      }
-      try {
-        // The old descriptor names the directory now covered; opening the name again
-        // through the pinned parent crosses into the new mount.
-        const mounted = openChild(parent.fd, name, false, rootfs, containerPath);
-        if (mounted === null) throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount point vanished`);
-        try {
-          const options = `remount,bind,nosuid,nodev,${mode}`;
-          await run(['mount', '--no-canonicalize', '-o', options, '--make-private', procPathOf(mounted)], 'ERR_MOUNT_FAILED', what);
-          await verify(hostPathOf(mounted), ['nosuid', 'nodev', mode], what);
-        } finally {
-          closeSync(mounted);
-        }
-      } catch (error) {
-        await detach(parent.fd, name, rootfs, containerPath).catch((e: Error) => debugMount('rollback of %s failed: %s', what, e.message));
-        throw error;
-      }
-      debugMount('mounted %s at %s/%s (%s)', source, parent.hostPath, name, mode);
+      for (const level of byNesting(requests)) await bindLevel(level, made);
+      await remount(made);
+      await verify(made);
+    } catch (error) {
+      await detachMade(made).catch((e: Error) => debugMount('rollback failed: %s', e.message));
+      throw error;
     } finally {
-      parent.close();
+      for (const m of made) {
+        closeSync(m.fd);
+        m.parent.close();
+      }
     }
   }
 
-  async unmount(target: MountTarget): Promise<void> {
-    checkMountTarget(target);
-    const { rootfs, path: containerPath } = target;
-    let parent;
+  async unmountAll(targets: readonly MountTarget[]): Promise<void> {
+    if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'unmountAll takes an array of mount targets');
+    targets.forEach(checkMountTarget);
+    const open: { target: MountTarget; fd: number }[] = [];
     try {
-      parent = openInRootfs(rootfs, path.posix.dirname(containerPath), false);
-    } catch (error) {
-      // We never mount through a symlink or a non-directory: nothing of ours can be there.
-      if (isNothingThere(error)) return;
-      throw error;
-    }
-    if (parent === null) return;
-    try {
-      await detach(parent.fd, path.posix.basename(containerPath), rootfs, containerPath);
+      for (const target of targets) {
+        const fd = openMountPoint(target);
+        if (fd !== null) open.push({ target, fd });
+      }
+      await detach(open);
     } finally {
-      parent.close();
+      for (const { fd } of open) closeSync(fd);
     }
   }
 
@@ -105,6 +109,145 @@ export class BindMounter implements Mounter {
   }
 }
 
+/**
+ * Splits requests into levels: a request goes one level after the deepest earlier
+ * request of the same rootfs whose path contains it, since its mount point can only be
+ * opened once that parent is mounted. Flat containers are one level.
+ */
+function byNesting(requests: readonly MountRequest[]): MountRequest[][] {
+  const levels: MountRequest[][] = [];
+  const levelOf: number[] = [];
+  requests.forEach((request, i) => {
+    let level = 0;
+    for (let j = 0; j < i; j++) {
+      const earlier = requests[j] as MountRequest;
+      if (earlier.rootfs === request.rootfs && isBelow(request.path, earlier.path)) level = Math.max(level, (levelOf[j] as number) + 1);
+    }
+    levelOf.push(level);
+    (levels[level] ??= []).push(request);
+  });
+  return levels;
+}
+
+/** Binds one level of requests in one `mount -a`; each mount made is checked, then added to `made`. */
+async function bindLevel(requests: readonly MountRequest[], made: MadeMount[]): Promise<void> {
+  const pending: PendingBind[] = [];
+  try {
+    for (const request of requests) pending.push(openBind(request));
+    const lines = pending.map((p) => `${procPathOf(p.source)} ${procPathOf(p.target)} none bind 0 0`);
+    const result = await withFstab(lines, (fstab) => run(['mount', '-a', '--no-canonicalize', '-T', fstab]));
+    for (const p of pending) {
+      const fd = openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
+      // A new mount at the mount point, showing the source directory: the bind took.
+      if (fd !== null && mountIdOf(fd) !== p.mountId && sameInode(fd, p.source)) {
+        made.push({ request: p.request, parent: p.parent, name: p.name, fd });
+        continue;
+      }
+      if (fd !== null) closeSync(fd);
+      throw commandFailed('ERR_MOUNT_FAILED', describeMount(p.request), result, procPathOf(p.target));
+    }
+  } finally {
+    for (const p of pending) {
+      closeSync(p.target);
+      closeSync(p.source);
+      if (!made.some((m) => m.parent === p.parent)) p.parent.close();
+    }
+  }
+}
+
+interface PendingBind {
+  request: MountRequest;
+  parent: PinnedDirectory;
+  name: string;
+  /** The mount point before the bind, and the mount it is on. */
+  target: number;
+  mountId: number;
+  source: number;
+}
+
+function openBind(request: MountRequest): PendingBind {
+  const parent = openInRootfs(request.rootfs, path.posix.dirname(request.path), true);
+  const name = path.posix.basename(request.path);
+  let target: number | undefined;
+  try {
+    target = openChild(parent.fd, name, true, request.rootfs, request.path) as number;
+    const mountId = mountIdOf(target);
+    return { request, parent, name, target, mountId, source: openSource(request) };
+  } catch (error) {
+    if (target !== undefined) closeSync(target);
+    parent.close();
+    throw error;
+  }
+}
+
+function openSource(request: MountRequest): number {
+  try {
+    return openSync(request.source, O_PATH | fsConstants.O_DIRECTORY);
+  } catch (error) {
+    throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${describeMount(request)} failed: the volume directory cannot be opened (${(error as Error).message})`, {
+      cause: error,
+    });
+  }
+}
+
+/** Applies `nosuid,nodev`, the mode and private propagation to every mount made, in one `mount -a`. */
+async function remount(made: readonly MadeMount[]): Promise<void> {
+  if (made.length === 0) return;
+  const lines = made.map((m) => `none ${procPathOf(m.fd)} none remount,bind,nosuid,nodev,${m.request.mode},private 0 0`);
+  const result = await withFstab(lines, (fstab) => run(['mount', '-a', '--no-canonicalize', '-T', fstab]));
+  if (result.exitCode !== 0) debugMount('remount exited %d: %s', result.exitCode, result.stderr);
+}
+
+/** Reads the mounts back by mount id: each must show the options asked for, and be private. */
+async function verify(made: readonly MadeMount[]): Promise<void> {
+  if (made.length === 0) return;
+  const byId = new Map((await readMountinfo()).map((e) => [e.id, e]));
+  for (const m of made) {
+    const entry = byId.get(mountIdOf(m.fd));
+    const wanted = ['nosuid', 'nodev', m.request.mode];
+    const missing = wanted.filter((option) => !entry?.options.includes(option));
+    if (entry && missing.length === 0 && entry.propagation.length === 0) continue;
+    const shows = entry ? `${entry.options.join(',')} ${entry.propagation.join(' ')}`.trim() : 'no mount';
+    throw new ContainerVolumesError(
+      'ERR_MOUNT_FAILED',
+      `${describeMount(m.request)}: /proc/self/mountinfo does not show ${[...missing, 'private'].join(',')} in effect (it shows ${shows})`,
+    );
+  }
+}
+
+function describeMount(request: MountRequest): string {
+  return `mounting volume ${request.source} at ${request.path} in rootfs ${request.rootfs}`;
+}
+
+/** Undoes mounts made by a failed `mountAll`, children first, through the descriptors on the mounts themselves. */
+async function detachMade(made: readonly MadeMount[]): Promise<void> {
+  await detach([...made].reverse().map((m) => ({ target: m.request, fd: m.fd })));
+}
+
+/**
+ * The topmost mount at a target, opened through its parent without following a
+ * symlink; null when nothing can be there: we never mount through a symlink or a
+ * non-directory, nor where a path is missing.
+ */
+function openMountPoint(target: MountTarget): number | null {
+  let parent: PinnedDirectory | null;
+  try {
+    parent = openInRootfs(target.rootfs, path.posix.dirname(target.path), false);
+    if (parent === null) return null;
+  } catch (error) {
+    if (isNothingThere(error)) return null;
+    throw error;
+  }
+  try {
+    return openChild(parent.fd, path.posix.basename(target.path), false, target.rootfs, target.path);
+  } catch (error) {
+    if (isNothingThere(error)) return null;
+    throw error;
+  } finally {
+    parent.close();
+  }
+}
+
 function isNothingThere(error: unknown): boolean {
   return (
     error instanceof ContainerVolumesError &&
@@ -113,47 +256,75 @@ function isNothingThere(error: unknown): boolean {
 }
 
 /**
- * Lazily unmounts (MNT_DETACH) the topmost mount at `name` in the pinned directory
- * `parentFd`; nothing mounted there is success. Lazy, because our own descriptor keeps
- * the mount busy, and a process still holding files in the volume keeps them, as with Docker.
+ * Lazily unmounts (MNT_DETACH) the mounts the descriptors are on, in the order given,
+ * in one `umount`; one with nothing mounted is success. Lazy, because our own
+ * descriptors keep the mounts busy, and a process still holding files in a volume
+ * keeps them, as with Docker.
  */
-async function detach(parentFd: number, name: string, rootfs: string, containerPath: string): Promise<void> {
-  let mounted: number | null;
-  try {
-    mounted = openChild(parentFd, name, false, rootfs, containerPath);
-  } catch (error) {
-    if (isNothingThere(error)) return;
-    throw error;
+async function detach(open: readonly { target: MountTarget; fd: number }[]): Promise<void> {
+  if (open.length === 0) return;
+  const result = await run(['umount', '--no-canonicalize', '--lazy', ...open.map((o) => procPathOf(o.fd))]);
+  if (result.exitCode === 0) return;
+  for (const { target, fd } of open) {
+    const said = linesAbout(result.stderr, procPathOf(fd));
+    if (said.length > 0 && !said.every((line) => NOTHING_MOUNTED.test(line))) {
+      throw commandFailed('ERR_UNMOUNT_FAILED', `unmounting ${target.path} in rootfs ${target.rootfs}`, result, procPathOf(fd));
+    }
   }
-  if (mounted === null) return;
-  try {
-    await run(['umount', '--no-canonicalize', '--lazy', procPathOf(mounted)], 'ERR_UNMOUNT_FAILED', `unmounting ${containerPath} in rootfs ${rootfs}`);
-    debugMount('unmounted %s in %s', containerPath, rootfs);
-  } catch (error) {
-    if (!(error instanceof MountCommandError && NOTHING_MOUNTED.test(error.stderr))) throw error;
-  } finally {
-    closeSync(mounted);
-  }
+  debugMount('umount exited %d: %s', result.exitCode, result.stderr);
 }
 
-async function run(command: string[], code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED', what: string): Promise<void> {
+interface CommandResult {
+  command: string[];
+  exitCode: number;
+  stderr: string;
+}
+
+async function run(command: string[]): Promise<CommandResult> {
   debugMount('run %o', command);
+  const result = await execa(command[0] as string, command.slice(1), { stdin: 'ignore', env: { LC_ALL: 'C' }, reject: false });
+  if (result.exitCode === undefined) {
+    const why = result.message ?? 'no exit code';
+    throw new MountCommandError('ERR_MOUNT_FAILED', `${command[0]} could not be run: ${why}`, { command, exitCode: undefined, stderr: why });
+  }
+  return { command, exitCode: result.exitCode, stderr: String(result.stderr ?? '') };
+}
+
+/** util-linux names the target it is complaining about at the start of its message. */
+function linesAbout(stderr: string, target: string): string[] {
+  return stderr.split('\n').filter((line) => line.includes(`${target}:`));
+}
+
+function commandFailed(code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED', what: string, result: CommandResult, target: string): MountCommandError {
+  const said = linesAbout(result.stderr, target).join('\n') || result.stderr || `exit code ${result.exitCode}`;
+  return new MountCommandError(code, `${what} failed: ${said}`, { command: result.command, exitCode: result.exitCode, stderr: result.stderr });
+}
+
+/**
+ * Runs `fn` with the path of a generated fstab. The file is unlinked as soon as it is
+ * written and passed as `/proc/<pid>/fd/<n>`, so nothing is left behind by a crash and
+ * nobody can swap it.
+ */
+async function withFstab<T>(lines: readonly string[], fn: (fstab: string) => Promise<T>): Promise<T> {
+  const file = path.join(os.tmpdir(), `container-volumes-fstab-${randomUUID()}`);
+  const fd = openSync(file, 'wx', 0o600);
   try {
-    await execa(command[0] as string, command.slice(1), { stdin: 'ignore', env: { LC_ALL: 'C' } });
-  } catch (error) {
-    const failed = error as { exitCode?: number; stderr?: string; message: string };
-    throw new MountCommandError(code, `${what} failed`, { command, exitCode: failed.exitCode, stderr: failed.stderr || failed.message }, { cause: error });
+    unlinkSync(file);
+    writeSync(fd, `${lines.join('\n')}\n`);
+    return await fn(procPathOf(fd));
+  } finally {
+    closeSync(fd);
   }
 }
 
-/** Reads the mount back: the options we asked for must be in effect on the topmost mount at `hostPath`. */
-async function verify(hostPath: string, wanted: string[], what: string): Promise<void> {
-  const top = (await readMountinfo()).filter((e) => e.mountPoint === hostPath).pop();
-  const missing = wanted.filter((option) => !top?.options.includes(option));
-  if (missing.length > 0) {
-    throw new ContainerVolumesError(
-      'ERR_MOUNT_FAILED',
-      `${what}: the mount does not show ${missing.join(',')} in /proc/self/mountinfo (it shows ${top ? top.options.join(',') : 'no mount'})`,
-    );
-  }
+/** The id of the mount a descriptor is on, as /proc/self/mountinfo numbers it. */
+function mountIdOf(fd: number): number {
+  const match = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (!match) throw new Error(`no mnt_id in /proc/self/fdinfo/${fd}`);
+  return Number(match[1]);
+}
+
+function sameInode(a: number, b: number): boolean {
+  const [x, y] = [fstatSync(a), fstatSync(b)];
+  return x.dev === y.dev && x.ino === y.ino;
 }

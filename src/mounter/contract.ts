@@ -94,6 +94,42 @@ export const mounterContract: readonly MounterContractCase[] = [
     },
   },
   {
+    name: 'mountAll, when implemented, mounts a read-only parent with a child inside, and unmountAll detaches both',
+    async run({ mounter, makeRootfs, makeSource }) {
+      if (!mounter.mountAll || !mounter.unmountAll) return;
+      const [rootfs, outer, inner] = [await makeRootfs(), await makeSource(), await makeSource()];
+      await mounter.mountAll([
+        { source: outer, rootfs, path: '/srv', mode: 'ro' },
+        { source: inner, rootfs, path: '/srv/cache', mode: 'rw' },
+      ]);
+      assert.deepEqual((await mounter.list(rootfs)).map((m) => [m.path, m.mode]), [
+        ['/srv', 'ro'],
+        ['/srv/cache', 'rw'],
+      ]);
+      await mounter.unmountAll([
+        { rootfs, path: '/srv/cache' },
+        { rootfs, path: '/srv' },
+        { rootfs, path: '/never/mounted' },
+      ]);
+      assert.deepEqual(await mounter.list(rootfs), []);
+    },
+  },
+  {
+    name: 'mountAll, when implemented, is all or nothing: one bad request leaves nothing mounted',
+    async run({ mounter, makeRootfs, makeSource }) {
+      if (!mounter.mountAll) return;
+      const [rootfs, source] = [await makeRootfs(), await makeSource()];
+      await rejectsWithCode(
+        mounter.mountAll([
+          { source, rootfs, path: '/data', mode: 'rw' },
+          { source, rootfs, path: '/bad/../path', mode: 'rw' },
+        ]),
+        'ERR_INVALID_VOLUME_PATH',
+      );
+      assert.deepEqual(await mounter.list(rootfs), []);
+    },
+  },
+  {
     name: 'bad requests are refused with a code and mount nothing',
     async run({ mounter, makeRootfs, makeSource }) {
       const [rootfs, source] = [await makeRootfs(), await makeSource()];

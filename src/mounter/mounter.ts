@@ -31,8 +31,10 @@ export interface MountedVolume {
  *
  * The library calls a mounter only while it holds the store's lock, one call at a
  * time per store, parents before children on mount and children before parents on
- * unmount. Implement these three methods to plug in another mechanism (an LXC
- * configuration writer, an agent on another host); run `mounterContract` from
+ * unmount. Implement `mount`, `unmount` and `list` to plug in another mechanism (an
+ * LXC configuration writer, an agent on another host); implement `mountAll` and
+ * `unmountAll` too when a whole container's mounts are cheaper in one go (BindMounter
+ * makes them in a constant number of processes). Run `mounterContract` from
  * `container-volumes/testing` against it.
  */
 export interface Mounter {
@@ -55,4 +57,18 @@ export interface Mounter {
 
   /** What is mounted strictly below `dir` (normally a rootfs), parents first. */
   list(dir: string): Promise<MountedVolume[]>;
+
+  /**
+   * Optional: makes several mounts at once, parents before children, with the
+   * guarantees of `mount` for each. All or nothing: when the promise rejects, nothing
+   * made by the call is left mounted, and the error names the path that failed.
+   */
+  mountAll?(requests: readonly MountRequest[]): Promise<void>;
+
+  /**
+   * Optional: detaches several mounts at once, children before parents, with the
+   * guarantees of `unmount` for each. When it rejects, the error names the path that
+   * failed; the others may have been detached.
+   */
+  unmountAll?(targets: readonly MountTarget[]): Promise<void>;
 }

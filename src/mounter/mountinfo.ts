@@ -2,12 +2,16 @@ import fs from 'node:fs/promises';
 
 /** One line of /proc/self/mountinfo. */
 export interface MountinfoEntry {
+  /** The mount's id, as `/proc/<pid>/fdinfo/<fd>` gives it for a descriptor inside the mount. */
+  id: number;
   device: string;
   /** The directory of the source file system that is mounted (a bind mount's source, relative to its file system). */
   root: string;
   mountPoint: string;
   /** Per-mount options (`ro`, `nosuid`, …); the superblock may say otherwise. */
   options: string[];
+  /** Propagation tags (`shared:N`, `master:N`); none for a private mount. */
+  propagation: string[];
 }
 
 /** mountinfo escapes space, tab, newline and backslash as three octal digits. */
@@ -23,10 +27,12 @@ export function parseMountinfo(text: string): MountinfoEntry[] {
     const dash = fields.indexOf('-', 6);
     if (dash === -1) continue;
     entries.push({
+      id: Number(fields[0]),
       device: fields[2] as string,
       root: unescape(fields[3] as string),
       mountPoint: unescape(fields[4] as string),
       options: (fields[5] as string).split(','),
+      propagation: fields.slice(6, dash),
     });
   }
   return entries;

@@ -43,3 +43,8 @@ export function compareParentsFirst(a: string, b: string): number {
   const depth = a.split('/').length - b.split('/').length;
   return depth !== 0 ? depth : a < b ? -1 : a > b ? 1 : 0;
 }
+
+/** Whether container path `child` lies strictly below `parent`. */
+export function isBelow(child: string, parent: string): boolean {
+  return child.startsWith(`${parent}/`);
+}

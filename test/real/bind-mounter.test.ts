@@ -81,7 +81,8 @@ describe('BindMounter: what a process sees', () => {
     fs.mkdirSync(bin);
     fs.writeFileSync(
       path.join(bin, 'mount'),
-      '#!/bin/bash\nargs=()\nfor a in "$@"; do args+=("${a/,ro/,rw}"); done\nexec /usr/bin/mount "${args[@]}"\n',
+      // The options are in the generated fstab that follows -T: rewrite a copy of it.
+      '#!/bin/bash\nargs=()\nnext=\nfor a in "$@"; do\n  if [ -n "$next" ]; then t=$(mktemp); sed "s/,ro,/,rw,/" "$a" > "$t"; a=$t; next=; fi\n  [ "$a" = -T ] && next=1\n  args+=("$a")\ndone\nexec /usr/bin/mount "${args[@]}"\n',
       { mode: 0o755 },
     );
     const savedPath = process.env.PATH;
@@ -96,15 +97,81 @@ describe('BindMounter: what a process sees', () => {
   });
 
   test('a failing mount command is reported with its command line, exit code and output, and leaves nothing', async () => {
+    const { rootfs, source } = await dirs();
+    const bin = path.join(path.dirname(rootfs), 'bin');
+    fs.mkdirSync(bin);
+    fs.writeFileSync(path.join(bin, 'mount'), '#!/bin/bash\necho "mount: simulated failure" >&2\nexit 32\n', { mode: 0o755 });
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${bin}:${savedPath}`;
+    let error: Error & { code: string };
+    try {
+      error = await expectCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rw' }), 'ERR_MOUNT_FAILED');
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    expect(error).toBeInstanceOf(MountCommandError);
+    const failed = error as unknown as MountCommandError;
+    expect(failed.command).toEqual(expect.arrayContaining(['mount', '-a', '-T']));
+    expect(failed.exitCode).toBe(32);
+    expect(failed.stderr).toContain('simulated failure');
+    expect(error.message).toContain('/data');
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a missing volume directory is ERR_MOUNT_FAILED naming it, and leaves nothing', async () => {
     const { rootfs } = await dirs();
     const missing = path.join(base, 'no-such-volume');
     const error = await expectCode(mounter.mount({ source: missing, rootfs, path: '/data', mode: 'rw' }), 'ERR_MOUNT_FAILED');
-    expect(error).toBeInstanceOf(MountCommandError);
-    const failed = error as unknown as MountCommandError;
-    expect(failed.command).toEqual(expect.arrayContaining(['mount', '--bind', missing]));
-    expect(failed.exitCode).toBe(32);
-    expect(failed.stderr).toMatch(/does not exist|No such file/);
+    expect(error.message).toContain(missing);
     expect(error.message).toContain('/data');
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a 10-volume container is mounted by 2 processes and unmounted by 1, whatever the number of volumes', async () => {
+    const { rootfs } = await dirs();
+    const dir = path.dirname(rootfs);
+    const bin = path.join(dir, 'bin');
+    const log = path.join(dir, 'spawns.log');
+    fs.mkdirSync(bin);
+    for (const tool of ['mount', 'umount']) {
+      fs.writeFileSync(path.join(bin, tool), `#!/bin/bash\necho ${tool} >> ${log}\nexec /usr/bin/${tool} "$@"\n`, { mode: 0o755 });
+    }
+    const requests = Array.from({ length: 10 }, (_, i) => {
+      const source = path.join(dir, `volume-${i}`);
+      fs.mkdirSync(source);
+      fs.writeFileSync(path.join(source, 'marker'), `volume ${i}`);
+      return { source, rootfs, path: `/data/${i}`, mode: i % 2 ? ('ro' as const) : ('rw' as const) };
+    });
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${bin}:${savedPath}`;
+    try {
+      await mounter.mountAll(requests);
+      expect(fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)).toEqual(['mount', 'mount']);
+      for (let i = 0; i < 10; i++) expect(fs.readFileSync(path.join(rootfs, 'data', String(i), 'marker'), 'utf8')).toBe(`volume ${i}`);
+      expect(mountsUnder(rootfs).map((m) => [m.mountPoint, m.options.includes('ro') ? 'ro' : 'rw'])).toEqual(
+        requests.map((r) => [path.join(rootfs, r.path), r.mode]),
+      );
+      fs.writeFileSync(log, '');
+      await mounter.unmountAll([...requests].reverse());
+      expect(fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)).toEqual(['umount']);
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test('a failure at a nested level undoes the parent mounts made by the same call', async () => {
+    const { rootfs, source } = await dirs();
+    // Inside the parent volume, the child's mount point is a regular file.
+    fs.writeFileSync(path.join(source, 'cache'), 'not a directory');
+    const error = await expectCode(
+      mounter.mountAll([
+        { source, rootfs, path: '/srv', mode: 'ro' },
+        { source, rootfs, path: '/srv/cache', mode: 'rw' },
+      ]),
+      'ERR_MOUNT_POINT_NOT_DIRECTORY',
+    );
+    expect(error.message).toContain('/srv/cache');
     expect(mountsUnder(rootfs)).toEqual([]);
   });
 

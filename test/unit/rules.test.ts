@@ -71,9 +71,11 @@ describe('mountinfo', () => {
 
   test('is parsed field by field, with octal escapes undone', () => {
     const [root, , db] = parseMountinfo(text);
-    expect(root).toEqual({ device: '254:0', root: '/', mountPoint: '/', options: ['rw', 'relatime'] });
+    expect(root).toEqual({ id: 22, device: '254:0', root: '/', mountPoint: '/', options: ['rw', 'relatime'], propagation: ['shared:1'] });
     expect(db?.mountPoint).toBe('/srv/rootfs/db/var/lib/my db');
     expect(db?.options).toEqual(['ro', 'nosuid', 'nodev']);
+    expect(db?.id).toBe(40);
+    expect(db?.propagation).toEqual([]);
   });
 
   test("a bind mount's host source is found through the mount of its file system, never through another bind mount", () => {
