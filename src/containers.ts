@@ -8,7 +8,8 @@ import { newId } from './spec/ids.js';
 import { compareParentsFirst } from './spec/volume-path.js';
 import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
-import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences } from './volumes.js';
+import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
+import { currentBootId } from './store/boot-id.js';
 import type { VolumeMount } from './types.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
@@ -18,6 +19,8 @@ export interface CreateRequest {
   paths: string[];
   volumesFrom: VolumesFromSpec[];
   copyUp: boolean;
+  /** Marks a handler's transient container (see runHandler). */
+  handler?: Pick<ContainerConfig, 'handler'>;
 }
 
 export function sortVolumes(volumes: VolumeMount[]): VolumeMount[] {
@@ -33,21 +36,24 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
   const shared = sharedMounts(await readSources(ctx, request.volumesFrom));
   // A path a shared volume already covers gets no new volume: the shared data stays visible (Docker).
   const anonymous = request.paths.filter((path) => !shared.some((s) => s.path === path));
-  const created = await makeVolumes(ctx, rootfs, anonymous, request.copyUp);
+  const id = newId();
+  const created = await makeVolumes(ctx, id, rootfs, anonymous, request.copyUp);
   const config: ContainerConfig = {
     version: 1,
-    id: newId(),
+    id,
     rootfs,
     createdAt: new Date().toISOString(),
     mounted: false,
     volumes: sortVolumes([...shared, ...created]),
+    ...request.handler,
   };
   try {
     await ctx.store.writeContainer(config);
   } catch (error) {
-    await discardVolumes(ctx, created);
+    await discardVolumes(ctx, id, created);
     throw error;
   }
+  if (created.length > 0) await ctx.store.clearPending(id);
   debugRuntime('created container %s with %d volumes', config.id, config.volumes.length);
   return config;
 }
@@ -75,8 +81,8 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   // Intent is recorded before the first mount (as containerd does): a process killed
   // half-way leaves a container that says it is mounted, so `remove` still refuses it
   // without force and `mount`/`unmount` finish the job, instead of mounts nobody knows of.
-  const mounted = { ...config, mounted: true };
-  await ctx.store.writeContainer(mounted);
+  const mounted = { ...config, mounted: true, mountedInBoot: currentBootId() };
+  await ctx.store.writeContainer(mounted, config);
   try {
     await applyPlan(ctx.mounter, plan, guard);
   } catch (error) {
@@ -84,7 +90,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
     // intent stays, so `remove` keeps refusing and `unmount` can finish the job.
     const left = await mountedOf(ctx.mounter, plan).catch(() => plan);
     if (left.length === 0) {
-      await ctx.store.writeContainer(config).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
+      await ctx.store.writeContainer(config, mounted).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
     }
     throw error;
   }
@@ -94,8 +100,8 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
   await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
   if (!config.mounted) return config;
-  const unmounted = { ...config, mounted: false };
-  await ctx.store.writeContainer(unmounted);
+  const { mountedInBoot: _, ...unmounted } = { ...config, mounted: false };
+  await ctx.store.writeContainer(unmounted, config);
   return unmounted;
 }
 
@@ -107,14 +113,14 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
   let orphans: string[] = [];
   if (withVolumes) {
     // Decide and check everything before changing anything, so a refusal loses nothing.
-    const references = await volumeReferences(ctx);
-    orphans = config.volumes
-      .map((v) => v.volumeId)
-      .filter((id) => (references.get(id) ?? []).every((use) => use.containerId === containerId));
+    for (const { volumeId } of config.volumes) {
+      const users = await volumeUsers(ctx, volumeId, true);
+      if (users.every((use) => use.containerId === containerId)) orphans.push(volumeId);
+    }
     for (const id of orphans) await checkNothingMountedIn(ctx, id);
   }
   if (force) await unmountContainer(ctx, config);
-  await ctx.store.deleteContainer(containerId);
+  await ctx.store.deleteContainer(config);
   for (const id of orphans) await ctx.store.deleteVolumeDir(id);
   debugRuntime('removed container %s (%d volumes deleted)', containerId, orphans.length);
 }

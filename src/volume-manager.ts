@@ -7,7 +7,7 @@ import { normalizeVolumePaths } from './spec/volume-path.js';
 import { checkMode } from './spec/volumes-from.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
 import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
-import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences } from './volumes.js';
+import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
 import { debugStore } from './debug.js';
 
 /** The context of each manager, for the ContainerRuntime that owns it: one store, one queue. */
@@ -44,13 +44,14 @@ export class VolumeManager {
       const config = await this.#changeable(containerId);
       const taken = clean.find((path) => config.volumes.some((v) => v.path === path));
       if (taken) throw duplicate(containerId, taken);
-      const created = await makeVolumes(ctx, config.rootfs, clean, copyUp);
+      const created = await makeVolumes(ctx, containerId, config.rootfs, clean, copyUp);
       try {
-        await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...created]) });
+        await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...created]) }, config);
       } catch (error) {
-        await discardVolumes(ctx, created);
+        await discardVolumes(ctx, containerId, created);
         throw error;
       }
+      if (created.length > 0) await ctx.store.clearPending(containerId);
       return created.map((v) => ({ ...v }));
     });
   }
@@ -73,7 +74,7 @@ export class VolumeManager {
       const added = sharedMounts(await readSources(ctx, [{ containerId: sourceId, mode }]));
       const taken = added.find((s) => config.volumes.some((v) => v.path === s.path));
       if (taken) throw duplicate(containerId, taken.path);
-      await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...added]) });
+      await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...added]) }, config);
       return added;
     });
   }
@@ -111,7 +112,7 @@ export class VolumeManager {
   async inspect(volumeId: string): Promise<VolumeInfo> {
     checkId(volumeId, 'volume');
     await this.#existing(volumeId);
-    return this.#info(volumeId, await volumeReferences(this.#ctx));
+    return this.#info(volumeId, new Map([[volumeId, await volumeUsers(this.#ctx, volumeId)]]));
   }
 
   /** Deletes a volume and its data; refused while any container references it, mounted or not. */
@@ -120,7 +121,7 @@ export class VolumeManager {
     const ctx = this.#ctx;
     await ctx.store.exclusive(async () => {
       await this.#existing(volumeId);
-      const users = (await volumeReferences(ctx)).get(volumeId) ?? [];
+      const users = await volumeUsers(ctx, volumeId, true);
       if (users.length > 0) {
         throw new ContainerVolumesError(
           'ERR_VOLUME_IN_USE',
@@ -136,10 +137,13 @@ export class VolumeManager {
   async prune(): Promise<PruneResult> {
     const ctx = this.#ctx;
     return ctx.store.exclusive(async () => {
-      const references = await volumeReferences(ctx);
       const removed: string[] = [];
-      for (const id of await ctx.store.listVolumeIds()) {
-        if (references.has(id)) continue;
+      // Only volumes whose last user went away can be unused: no need to look at the others.
+      for (const id of await ctx.store.index.unused()) {
+        if (!(await ctx.store.volumeExists(id)) || (await volumeUsers(ctx, id, true)).length > 0) {
+          await ctx.store.index.forget(id, { refs: false });
+          continue;
+        }
         try {
           await checkNothingMountedIn(ctx, id);
         } catch (error) {

@@ -2,39 +2,70 @@ import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugStore } from './debug.js';
 import { prepareVolumeContent } from './rootfs/copy-up.js';
+import { newId } from './spec/ids.js';
 import type { VolumeMount, VolumeUse } from './types.js';
 
 /**
- * Makes one new volume per path, each starting as a copy of the rootfs content there
- * unless `copyUp` is false. All or nothing: if one fails, those already made are deleted.
+ * Makes one new volume per path for `containerId`, each starting as a copy of the
+ * rootfs content there unless `copyUp` is false. All or nothing: if one fails, those
+ * already made are deleted. The caller writes the configuration naming them, then
+ * calls `ctx.store.clearPending(containerId)`.
  */
-export async function makeVolumes(ctx: Context, rootfs: string, paths: readonly string[], copyUp: boolean): Promise<VolumeMount[]> {
+export async function makeVolumes(
+  ctx: Context,
+  containerId: string,
+  rootfs: string,
+  paths: readonly string[],
+  copyUp: boolean,
+): Promise<VolumeMount[]> {
+  if (paths.length === 0) return [];
+  const planned: VolumeMount[] = paths.map((path) => ({ path, volumeId: newId(), mode: 'rw', origin: 'created' }));
+  await ctx.store.recordPending(containerId, planned.map((v) => v.volumeId));
   const made: VolumeMount[] = [];
   try {
-    for (const path of paths) {
-      const volumeId = await ctx.store.createVolumeDir();
-      made.push({ path, volumeId, mode: 'rw', origin: 'created' });
-      await prepareVolumeContent(rootfs, path, ctx.store.volumeDir(volumeId), copyUp);
+    for (const volume of planned) {
+      await ctx.store.createVolumeDir(volume.volumeId);
+      made.push(volume);
+      await prepareVolumeContent(rootfs, volume.path, ctx.store.volumeDir(volume.volumeId), copyUp);
     }
-    if (made.length > 0) await ctx.store.syncVolumes();
+    await ctx.store.syncVolumes();
     return made;
   } catch (error) {
-    await discardVolumes(ctx, made);
+    await discardVolumes(ctx, containerId, made);
     throw error;
   }
 }
 
-/** Undoes makeVolumes while another error is on its way: best effort, logged. */
-export async function discardVolumes(ctx: Context, made: readonly VolumeMount[]): Promise<void> {
+/** Undoes makeVolumes while another error is on its way: best effort, logged (recover() finishes the job). */
+export async function discardVolumes(ctx: Context, containerId: string, made: readonly VolumeMount[]): Promise<void> {
   for (const { volumeId } of made) {
     await ctx.store.deleteVolumeDir(volumeId).catch((e: Error) => debugStore('discarding volume %s failed: %s', volumeId, e.message));
   }
+  await ctx.store.clearPending(containerId).catch((e: Error) => debugStore('clearing the pending record of %s failed: %s', containerId, e.message));
 }
 
 /**
- * Which containers use each volume, at which path and mode: derived from the
- * configurations every time, never kept as a counter that could drift.
+ * The containers that use `volumeId`, at which path and mode: the index names the
+ * candidates, and each is confirmed against its configuration, which alone is the
+ * truth. Under the lock (`prune` is true), entries found stale are dropped.
  */
+export async function volumeUsers(ctx: Context, volumeId: string, prune = false): Promise<VolumeUse[]> {
+  await ctx.store.open();
+  const index = ctx.store.index;
+  const users: VolumeUse[] = [];
+  for (const containerId of await index.candidates(volumeId)) {
+    const config = await ctx.store.readContainer(containerId).catch((error: unknown) => {
+      if (error instanceof ContainerVolumesError && error.code === 'ERR_CONTAINER_NOT_FOUND') return undefined;
+      throw error;
+    });
+    const use = config?.volumes.find((v) => v.volumeId === volumeId);
+    if (use) users.push({ containerId, path: use.path, mode: use.mode });
+    else if (prune) await index.remove(containerId, [volumeId]);
+  }
+  return users.sort((a, b) => a.containerId.localeCompare(b.containerId));
+}
+
+/** Which containers use each volume, for a listing of them all: read from every configuration. */
 export async function volumeReferences(ctx: Context): Promise<Map<string, VolumeUse[]>> {
   const references = new Map<string, VolumeUse[]>();
   for (const config of await ctx.store.readAllContainers()) {

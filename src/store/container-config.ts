@@ -7,6 +7,10 @@ import type { ContainerInfo, VolumeMount } from '../types.js';
 /** What `containers/<id>.json` holds: the single source of truth for a container's volumes. */
 export interface ContainerConfig extends ContainerInfo {
   version: 1;
+  /** The boot in which `mounted` became true: after a reboot no mount survives (recover() resets it). */
+  mountedInBoot?: string;
+  /** Set on a handler's transient container: the process running it, so recover() can remove it once that process is gone. */
+  handler?: { pid: number; bootId: string };
 }
 
 export function serializeConfig(config: ContainerConfig): string {
@@ -28,7 +32,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     throw corrupt(`not JSON (${(error as Error).message})`);
   }
   if (!isObject(raw)) throw corrupt('not an object');
-  const { version, id, rootfs, createdAt, mounted, volumes } = raw;
+  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, handler } = raw;
   if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
   if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
@@ -39,7 +43,25 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   if (!Array.isArray(volumes)) throw corrupt('volumes is not an array');
   const parsed = volumes.map((entry, i) => parseVolumeMount(entry, (why) => corrupt(`volumes[${i}]: ${why}`)));
   if (new Set(parsed.map((v) => v.path)).size !== parsed.length) throw corrupt('two volumes share a path');
-  return { version: 1, id, rootfs, createdAt, mounted, volumes: parsed };
+  if (mountedInBoot !== undefined && !isBootId(mountedInBoot)) throw corrupt('bad mountedInBoot');
+  if (handler !== undefined && !(isObject(handler) && Number.isSafeInteger(handler.pid) && (handler.pid as number) > 0 && isBootId(handler.bootId))) {
+    throw corrupt('bad handler');
+  }
+  return {
+    version: 1,
+    id,
+    rootfs,
+    createdAt,
+    mounted,
+    volumes: parsed,
+    ...(mountedInBoot === undefined ? {} : { mountedInBoot }),
+    ...(handler === undefined ? {} : { handler: { pid: handler.pid as number, bootId: handler.bootId as string } }),
+  };
+}
+
+/** The kernel's boot id is a uuid; it is the one shape accepted. */
+function isBootId(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(value);
 }
 
 function parseVolumeMount(entry: unknown, corrupt: (why: string) => Error): VolumeMount {

@@ -2,10 +2,12 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
-import { checkId, isId, newId } from '../spec/ids.js';
+import { checkId, isId } from '../spec/ids.js';
 import { syncDirectory, writeFileAtomic } from './atomic-file.js';
 import { type ContainerConfig, parseConfig, serializeConfig } from './container-config.js';
 import { assertLockHeld, withStoreLock } from './lock.js';
+import { currentBootId } from './boot-id.js';
+import { ReferenceIndex } from './reference-index.js';
 
 const READ_BATCH = 64;
 
@@ -14,6 +16,8 @@ const READ_BATCH = 64;
  *
  *     volumes/<id>/          one directory per volume, holding the user's data only
  *     containers/<id>.json   one configuration per container (the source of truth)
+ *     pending/<id>.json      volumes being created for a container, until its configuration names them
+ *     index/                 which containers use each volume: derived, rebuildable (ReferenceIndex)
  *     trash/                 volumes being deleted (renamed here first, then removed)
  *     lock                   proper-lockfile's lock directory
  *
@@ -23,10 +27,12 @@ const READ_BATCH = 64;
 export class Store {
   /** Absolute; once open() has run, also free of symlinks, so it matches what mountinfo shows. */
   root: string;
+  readonly index: ReferenceIndex;
   private ready: Promise<void> | undefined;
 
   constructor(root: string) {
     this.root = path.resolve(root);
+    this.index = new ReferenceIndex(this.root);
   }
 
   volumeDir(volumeId: string): string {
@@ -37,33 +43,60 @@ export class Store {
     return path.join(this.root, 'containers', `${checkId(containerId, 'container')}.json`);
   }
 
-  /** Creates the layout once per Store; idempotent across processes. A failed attempt is retried next time. */
+  /**
+   * Creates the layout and makes sure the reference index was built in this boot, once
+   * per Store; idempotent across processes. A failed attempt is retried next time.
+   */
   open(): Promise<void> {
-    this.ready ??= this.createLayout().catch((error: unknown) => {
-      this.ready = undefined;
-      throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `cannot open the store at ${this.root}: ${(error as Error).message}`, {
-        cause: error,
+    this.ready ??= this.createLayout()
+      .then(() => withStoreLock(this.root, () => this.ensureIndex()))
+      .catch((error: unknown) => {
+        this.ready = undefined;
+        if (error instanceof ContainerVolumesError) throw error;
+        throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `cannot open the store at ${this.root}: ${(error as Error).message}`, {
+          cause: error,
+        });
       });
-    });
     return this.ready;
   }
 
   private async createLayout(): Promise<void> {
     await fs.mkdir(this.root, { recursive: true, mode: 0o711 });
-    for (const dir of ['volumes', 'containers', 'trash']) {
+    for (const dir of ['volumes', 'containers', 'pending', 'trash']) {
       await fs.mkdir(path.join(this.root, dir), { recursive: true, mode: 0o700 });
     }
     this.root = await fs.realpath(this.root);
   }
 
+  /** Runs `fn` holding the store's lock, with the reference index checked current first. */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     await this.open();
-    return withStoreLock(this.root, fn);
+    return withStoreLock(this.root, async () => {
+      await this.ensureIndex();
+      return fn();
+    });
+  }
+
+  /** Rebuilds the reference index unless it was built in this boot (another process may have rebuilt it meanwhile). */
+  private async ensureIndex(): Promise<void> {
+    if (!(await this.index.isCurrent(currentBootId()))) await this.rebuildIndex();
+  }
+
+  /** Rebuilds the reference index from the configurations and volume directories; returns the configurations read. */
+  async rebuildIndex(): Promise<ContainerConfig[]> {
+    assertLockHeld(this.root);
+    const [configs, volumeIds] = await Promise.all([this.readAll(), this.volumeIdsOnDisk()]);
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
+    return configs;
   }
 
   async readContainer(containerId: string): Promise<ContainerConfig> {
     const file = this.configFile(containerId);
     await this.open();
+    return this.readConfig(containerId, file);
+  }
+
+  private async readConfig(containerId: string, file: string): Promise<ContainerConfig> {
     let text: string;
     try {
       text = await fs.readFile(file, 'utf8');
@@ -83,12 +116,16 @@ export class Store {
   /** Every container, oldest first. A file whose name is not `<uuid>.json` is not ours and is skipped. */
   async readAllContainers(): Promise<ContainerConfig[]> {
     await this.open();
+    return this.readAll();
+  }
+
+  private async readAll(): Promise<ContainerConfig[]> {
     const names = await fs.readdir(path.join(this.root, 'containers'));
     const ids = names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
     const configs: ContainerConfig[] = [];
     // In batches: all at once would run out of file descriptors on a large store.
     for (let i = 0; i < ids.length; i += READ_BATCH) {
-      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map((id) => this.readContainer(id).catch(ifRemoved)));
+      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map((id) => this.readConfig(id, this.configFile(id)).catch(ifRemoved)));
       configs.push(...batch.filter((config): config is ContainerConfig => config !== undefined));
     }
     return configs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
@@ -99,26 +136,73 @@ export class Store {
     assertLockHeld(this.root);
   }
 
-  async writeContainer(config: ContainerConfig): Promise<void> {
+  /**
+   * Writes a container's configuration. `previous` is what it replaces (none for a new
+   * container): the index learns of volumes it gains before the write and forgets those
+   * it loses after, so the index never misses a use.
+   */
+  async writeContainer(config: ContainerConfig, previous?: ContainerConfig): Promise<void> {
     assertLockHeld(this.root);
+    const before = new Set(previous?.volumes.map((v) => v.volumeId));
+    const after = new Set(config.volumes.map((v) => v.volumeId));
+    await this.index.add(config.id, [...after].filter((id) => !before.has(id)));
     await writeFileAtomic(this.configFile(config.id), serializeConfig(config));
+    await this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
     debugStore('wrote container %s', config.id);
   }
 
-  async deleteContainer(containerId: string): Promise<void> {
+  async deleteContainer(config: ContainerConfig): Promise<void> {
     assertLockHeld(this.root);
-    await fs.unlink(this.configFile(containerId));
+    await fs.unlink(this.configFile(config.id));
     await syncDirectory(path.join(this.root, 'containers'));
-    debugStore('deleted container %s', containerId);
+    await this.index.remove(config.id, config.volumes.map((v) => v.volumeId));
+    debugStore('deleted container %s', config.id);
   }
 
-  /** Makes an empty volume directory and returns its new id; `syncVolumes` makes it durable. */
-  async createVolumeDir(): Promise<string> {
+  /**
+   * Records, durably, the volumes about to be made for a container, before any is made:
+   * if the process dies before the configuration names them, recover() knows which
+   * directories are half-created debris rather than volumes kept after their container went.
+   */
+  async recordPending(containerId: string, volumeIds: readonly string[]): Promise<void> {
     assertLockHeld(this.root);
-    const id = newId();
-    await fs.mkdir(this.volumeDir(id), { mode: 0o755 });
-    debugStore('created volume %s', id);
-    return id;
+    await writeFileAtomic(this.pendingFile(containerId), `${JSON.stringify(volumeIds)}\n`);
+  }
+
+  /** The configuration now names the volumes (or they were discarded): the record is done with. */
+  async clearPending(containerId: string): Promise<void> {
+    assertLockHeld(this.root);
+    await fs.rm(this.pendingFile(containerId), { force: true });
+  }
+
+  /** Every pending record; an entry that is not a valid record is returned with no volume ids, to be cleared. */
+  async readPending(): Promise<{ containerId: string; volumeIds: string[] }[]> {
+    const names = await fs.readdir(path.join(this.root, 'pending'));
+    const records: { containerId: string; volumeIds: string[] }[] = [];
+    for (const name of names) {
+      const containerId = name.slice(0, -'.json'.length);
+      if (!name.endsWith('.json') || !isId(containerId)) continue;
+      let volumeIds: string[] = [];
+      try {
+        const parsed: unknown = JSON.parse(await fs.readFile(path.join(this.root, 'pending', name), 'utf8'));
+        if (Array.isArray(parsed)) volumeIds = parsed.filter(isId);
+      } catch (error) {
+        debugStore('pending record %s is unreadable: %s', name, (error as Error).message);
+      }
+      records.push({ containerId, volumeIds });
+    }
+    return records;
+  }
+
+  private pendingFile(containerId: string): string {
+    return path.join(this.root, 'pending', `${checkId(containerId, 'container')}.json`);
+  }
+
+  /** Makes an empty volume directory for an id from `recordPending`; `syncVolumes` makes it durable. */
+  async createVolumeDir(volumeId: string): Promise<void> {
+    assertLockHeld(this.root);
+    await fs.mkdir(this.volumeDir(volumeId), { mode: 0o755 });
+    debugStore('created volume %s', volumeId);
   }
 
   /** Makes new volume directories durable before a configuration that names them is written. */
@@ -133,6 +217,10 @@ export class Store {
   /** Every volume directory; anything under volumes/ whose name is not a uuid is not ours and is skipped. */
   async listVolumeIds(): Promise<string[]> {
     await this.open();
+    return this.volumeIdsOnDisk();
+  }
+
+  private async volumeIdsOnDisk(): Promise<string[]> {
     return (await fs.readdir(path.join(this.root, 'volumes'))).filter(isId).sort();
   }
 
@@ -160,6 +248,7 @@ export class Store {
         cause: error,
       });
     }
+    await this.index.forget(volumeId, { refs: true });
     await fs.rm(trashed, { recursive: true, force: true });
     debugStore('deleted volume %s', volumeId);
   }
