@@ -4,6 +4,7 @@ import { ContainerVolumesError, describe } from './errors.js';
 import { checkId } from './spec/ids.js';
 import { normalizeVolumePaths } from './spec/volume-path.js';
 import { parseVolumesFrom } from './spec/volumes-from.js';
+import { recoverStore, type RecoveryReport } from './recover.js';
 import { toContainerInfo } from './store/container-config.js';
 import type {
   ContainerInfo,
@@ -76,6 +77,17 @@ export class ContainerRuntime {
     const force = optionalBoolean(given.force, 'options.force') ?? false;
     const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
     await this.#ctx.store.exclusive(() => removeContainer(this.#ctx, containerId, force, volumes));
+  }
+
+  /**
+   * Brings the store and the host's mounts in line with the configurations after a
+   * crash or reboot: stray mounts are detached, missing ones of containers meant to be
+   * mounted are made, half-created volumes and leftover files are deleted, handler
+   * containers of dead processes are removed, and after a reboot every container is
+   * marked unmounted. Idempotent; reports what it did.
+   */
+  async recover(): Promise<RecoveryReport> {
+    return this.#ctx.store.exclusive(() => recoverStore(this.#ctx));
   }
 
   /** Same as `volumes.createVolumes`. */

@@ -16,16 +16,15 @@ export function planMounts(config: ContainerConfig, volumeDir: (volumeId: string
 }
 
 /**
- * This very volume mounted at the request's path, if it is. The mounter names the
- * source by a host path, which may be another path to the same directory (the store
- * reached through another bind mount), so differing paths are compared by identity.
- * A mount the mounter cannot attribute is never ours.
+ * The topmost mount at the request's path (the one a process in the container sees),
+ * if it is this very volume. The mounter names the source by a host path, which may be
+ * another path to the same directory (the store reached through another bind mount),
+ * so differing paths are compared by identity. A mount the mounter cannot attribute is
+ * never ours.
  */
-async function mountedThere(present: readonly MountedVolume[], request: MountRequest): Promise<MountedVolume | undefined> {
-  for (const m of present) {
-    if (m.path === request.path && (await sameDirectory(m.source, request.source))) return m;
-  }
-  return undefined;
+export async function mountedThere(present: readonly MountedVolume[], request: MountRequest): Promise<MountedVolume | undefined> {
+  const top = present.filter((m) => m.path === request.path).pop();
+  return top && (await sameDirectory(top.source, request.source)) ? top : undefined;
 }
 
 async function sameDirectory(a: string | undefined, b: string): Promise<boolean> {

@@ -97,15 +97,15 @@ export class BindMounter implements Mounter {
     }
     const prefix = real === '/' ? '/' : `${real}/`;
     const all = await readMountinfo();
-    const byPath = new Map<string, MountedVolume>();
-    // Later lines are mounted on top of earlier ones at the same path: the last one wins.
+    const found: MountedVolume[] = [];
+    // mountinfo lists a mount after the one it is stacked on; the stable sort keeps that order.
     for (const entry of all) {
       if (!entry.mountPoint.startsWith(prefix)) continue;
       const mountPath = entry.mountPoint.slice(prefix.length - 1);
       const source = bindSource(entry, all, real);
-      byPath.set(mountPath, { path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', ...(source ? { source } : {}) });
+      found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', ...(source ? { source } : {}) });
     }
-    return [...byPath.values()].sort((a, b) => compareParentsFirst(a.path, b.path));
+    return found.sort((a, b) => compareParentsFirst(a.path, b.path));
   }
 }
 

@@ -71,10 +71,7 @@ export class FakeMounter implements Mounter {
     const prefix = dir.endsWith('/') ? dir : `${dir}/`;
     return [...this.mounts.entries()]
       .filter(([at]) => at.startsWith(prefix))
-      .map(([at, stack]) => {
-        const top = stack[stack.length - 1] as FakeMount;
-        return { path: at.slice(prefix.length - 1), mode: top.mode, source: top.source };
-      })
+      .flatMap(([at, stack]) => stack.map(({ mode, source }) => ({ path: at.slice(prefix.length - 1), mode, source })))
       .sort((a, b) => compareParentsFirst(a.path, b.path));
   }
 

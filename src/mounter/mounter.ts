@@ -55,7 +55,10 @@ export interface Mounter {
    */
   unmount(target: MountTarget): Promise<void>;
 
-  /** What is mounted strictly below `dir` (normally a rootfs), parents first. */
+  /**
+   * What is mounted strictly below `dir` (normally a rootfs), parents first; mounts
+   * stacked on one path appear once each, the topmost last.
+   */
   list(dir: string): Promise<MountedVolume[]>;
 
   /**
