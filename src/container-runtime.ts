@@ -4,6 +4,8 @@ import { ContainerVolumesError, describe } from './errors.js';
 import { checkId } from './spec/ids.js';
 import { normalizeVolumePaths } from './spec/volume-path.js';
 import { parseVolumesFrom } from './spec/volumes-from.js';
+import { lxcMountEntries } from './export/lxc.js';
+import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
 import { toContainerInfo } from './store/container-config.js';
 import type {
@@ -88,6 +90,21 @@ export class ContainerRuntime {
    */
   async recover(): Promise<RecoveryReport> {
     return this.#ctx.store.exclusive(() => recoverStore(this.#ctx));
+  }
+
+  /**
+   * The container's volumes as OCI runtime-spec `mounts` entries, parents first, for a
+   * runtime such as runc to apply itself (do not also `mount` the container).
+   */
+  async ociMounts(containerId: string): Promise<OciMount[]> {
+    checkId(containerId, 'container');
+    return ociMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
+  }
+
+  /** The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration, parents first. */
+  async lxcMountEntries(containerId: string): Promise<string[]> {
+    checkId(containerId, 'container');
+    return lxcMountEntries(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 
   /** Same as `volumes.createVolumes`. */

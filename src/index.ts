@@ -2,6 +2,7 @@ export { ContainerRuntime } from './container-runtime.js';
 export { VolumeManager } from './volume-manager.js';
 export type { ContainerVolumesOptions } from './context.js';
 export type { RecoveryReport } from './recover.js';
+export type { OciMount } from './export/oci.js';
 export { BindMounter } from './mounter/bind.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
 export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';

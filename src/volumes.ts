@@ -52,17 +52,19 @@ export async function discardVolumes(ctx: Context, containerId: string, made: re
 export async function volumeUsers(ctx: Context, volumeId: string, prune = false): Promise<VolumeUse[]> {
   await ctx.store.open();
   const index = ctx.store.index;
-  const users: VolumeUse[] = [];
+  const users: { use: VolumeUse; createdAt: string }[] = [];
   for (const containerId of await index.candidates(volumeId)) {
     const config = await ctx.store.readContainer(containerId).catch((error: unknown) => {
       if (error instanceof ContainerVolumesError && error.code === 'ERR_CONTAINER_NOT_FOUND') return undefined;
       throw error;
     });
     const use = config?.volumes.find((v) => v.volumeId === volumeId);
-    if (use) users.push({ containerId, path: use.path, mode: use.mode });
+    if (config && use) users.push({ use: { containerId, path: use.path, mode: use.mode }, createdAt: config.createdAt });
     else if (prune) await index.remove(containerId, [volumeId]);
   }
-  return users.sort((a, b) => a.containerId.localeCompare(b.containerId));
+  // Oldest container first, as list() orders them.
+  users.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.use.containerId.localeCompare(b.use.containerId));
+  return users.map((u) => u.use);
 }
 
 /** Which containers use each volume, for a listing of them all: read from every configuration. */
