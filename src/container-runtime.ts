@@ -7,6 +7,14 @@ import { parseVolumesFrom } from './spec/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
+import { backup, type BackupManifest, type BackupOptions, restore, type RestoreOptions } from './handlers/backup.js';
+import {
+  type CommandHandler,
+  type CommandResult,
+  type HandlerFunction,
+  type HandlerOptions,
+  runHandler,
+} from './handlers/run-handler.js';
 import { toContainerInfo } from './store/container-config.js';
 import type {
   ContainerInfo,
@@ -79,6 +87,40 @@ export class ContainerRuntime {
     const force = optionalBoolean(given.force, 'options.force') ?? false;
     const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
     await this.#ctx.store.exclusive(() => removeContainer(this.#ctx, containerId, force, volumes));
+  }
+
+  /**
+   * Runs a custom volume handler against the volumes of `containerId` (seed §4–5): a
+   * transient handler container shares them (so they cannot be removed or pruned) for
+   * as long as the handler runs, and is removed afterwards whatever happens.
+   *
+   * With a function, calls it with each volume's host path and resolves to what it
+   * returns. With `{ command, rootfs }`, runs the command chrooted into `rootfs` in a
+   * private mount namespace where the volumes are mounted at their container paths;
+   * nothing of it stays mounted when it exits. See docs/handlers.md.
+   */
+  runHandler<T>(containerId: string, handler: HandlerFunction<T>, options?: HandlerOptions): Promise<T>;
+  runHandler(containerId: string, handler: CommandHandler): Promise<CommandResult>;
+  runHandler(containerId: string, handler: unknown, options?: unknown): Promise<unknown> {
+    return runHandler(this.#ctx, containerId, handler, options);
+  }
+
+  /**
+   * A ready-made handler: writes one tar archive at `destination` holding every volume
+   * of the container under its container path, after a manifest (paths, modes, volume
+   * ids, creation time), which it resolves to. The volumes are shared read-only while
+   * it runs.
+   */
+  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupManifest> {
+    return backup(this.#ctx, containerId, destination, options);
+  }
+
+  /**
+   * Creates a new container with `options.rootfs` whose volumes hold exactly the data
+   * of a `backup` archive: contents, owners, modes, symlinks, sparse files.
+   */
+  async restore(archive: string, options: RestoreOptions): Promise<ContainerInfo> {
+    return toContainerInfo(await restore(this.#ctx, archive, options));
   }
 
   /**

@@ -22,7 +22,11 @@ export type ErrorCode =
   | 'ERR_UNMOUNT_FAILED'
   | 'ERR_CORRUPT_CONFIG'
   | 'ERR_STORE_UNAVAILABLE'
-  | 'ERR_LOCK_FAILED';
+  | 'ERR_LOCK_FAILED'
+  | 'ERR_HANDLER_FAILED'
+  | 'ERR_HANDLER_ABORTED'
+  | 'ERR_HANDLER_TIMED_OUT'
+  | 'ERR_INVALID_ARCHIVE';
 
 export class ContainerVolumesError extends Error {
   readonly code: ErrorCode;

@@ -3,6 +3,16 @@ export { VolumeManager } from './volume-manager.js';
 export type { ContainerVolumesOptions } from './context.js';
 export type { RecoveryReport } from './recover.js';
 export type { OciMount } from './export/oci.js';
+export {
+  HandlerError,
+  type CommandHandler,
+  type CommandResult,
+  type HandlerContext,
+  type HandlerFunction,
+  type HandlerOptions,
+  type HandlerVolume,
+} from './handlers/run-handler.js';
+export type { BackupManifest, BackupOptions, Progress, RestoreOptions } from './handlers/backup.js';
 export { BindMounter } from './mounter/bind.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
 export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';

@@ -1,12 +1,12 @@
 import fs from 'node:fs/promises';
-import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { execa } from 'execa';
 import { ContainerVolumesError, MountCommandError, isErrnoException } from '../errors.js';
 import { debugMount } from '../debug.js';
-import { openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
+import { O_PATH_DIRECTORY, openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
 import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
@@ -15,8 +15,33 @@ import { bindSource, readMountinfo } from './mountinfo.js';
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
 const NOTHING_MOUNTED = /not mounted|no mount point specified/;
 
-/** O_PATH is not in fs.constants; this value holds on x86-64 and arm64. */
-const O_PATH = 0o10000000;
+/**
+ * The mount namespace a BindMounter works in: its own process's, or another's, reached
+ * through `/proc/<pid>/root` for paths and `nsenter` for commands.
+ */
+interface Namespace {
+  fsRoot: string;
+  mountinfo: string;
+  command(argv: string[]): string[];
+}
+
+const OWN_NAMESPACE: Namespace = { fsRoot: '/', mountinfo: '/proc/self/mountinfo', command: (argv) => argv };
+
+const namespaces = new WeakMap<BindMounter, Namespace>();
+
+/**
+ * A BindMounter that makes, lists and removes mounts in the mount namespace of process
+ * `pid` (as `mount -N` does), for handlers whose mounts must never reach the host's.
+ */
+export function bindMounterIn(pid: number): BindMounter {
+  const mounter = new BindMounter();
+  namespaces.set(mounter, {
+    fsRoot: `/proc/${pid}/root`,
+    mountinfo: `/proc/${pid}/mountinfo`,
+    command: (argv) => ['nsenter', `--target=${pid}`, '--mount', '--', ...argv],
+  });
+  return mounter;
+}
 
 /** A mount made by this mounter: the pinned parent of its mount point, and a descriptor on the mount itself. */
 interface MadeMount {
@@ -55,13 +80,14 @@ export class BindMounter implements Mounter {
   async mountAll(requests: readonly MountRequest[]): Promise<void> {
     if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
     requests.forEach(checkMountRequest);
+    const ns = namespaceOf(this);
     const made: MadeMount[] = [];
     try {
-      for (const level of byNesting(requests)) await bindLevel(level, made);
-      await remount(made);
-      await verify(made);
+      for (const level of byNesting(requests)) await bindLevel(ns, level, made);
+      await remount(ns, made);
+      await verify(ns, made);
     } catch (error) {
-      await detachMade(made).catch((e: Error) => debugMount('rollback failed: %s', e.message));
+      await detachMade(ns, made).catch((e: Error) => debugMount('rollback failed: %s', e.message));
       throw error;
     } finally {
       for (const m of made) {
@@ -74,13 +100,14 @@ export class BindMounter implements Mounter {
   async unmountAll(targets: readonly MountTarget[]): Promise<void> {
     if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'unmountAll takes an array of mount targets');
     targets.forEach(checkMountTarget);
+    const ns = namespaceOf(this);
     const open: { target: MountTarget; fd: number }[] = [];
     try {
       for (const target of targets) {
-        const fd = openMountPoint(target);
+        const fd = openMountPoint(ns, target);
         if (fd !== null) open.push({ target, fd });
       }
-      await detach(open);
+      await detach(ns, open);
     } finally {
       for (const { fd } of open) closeSync(fd);
     }
@@ -96,7 +123,7 @@ export class BindMounter implements Mounter {
       throw error;
     }
     const prefix = real === '/' ? '/' : `${real}/`;
-    const all = await readMountinfo();
+    const all = await readMountinfo(namespaceOf(this).mountinfo);
     const found: MountedVolume[] = [];
     // mountinfo lists a mount after the one it is stacked on; the stable sort keeps that order.
     for (const entry of all) {
@@ -107,6 +134,10 @@ export class BindMounter implements Mounter {
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
   }
+}
+
+function namespaceOf(mounter: BindMounter): Namespace {
+  return namespaces.get(mounter) ?? OWN_NAMESPACE;
 }
 
 /**
@@ -130,12 +161,12 @@ function byNesting(requests: readonly MountRequest[]): MountRequest[][] {
 }
 
 /** Binds one level of requests in one `mount -a`; each mount made is checked, then added to `made`. */
-async function bindLevel(requests: readonly MountRequest[], made: MadeMount[]): Promise<void> {
+async function bindLevel(ns: Namespace, requests: readonly MountRequest[], made: MadeMount[]): Promise<void> {
   const pending: PendingBind[] = [];
   try {
-    for (const request of requests) pending.push(openBind(request));
+    for (const request of requests) pending.push(openBind(ns, request));
     const lines = pending.map((p) => `${procPathOf(p.source)} ${procPathOf(p.target)} none bind 0 0`);
-    const result = await withFstab(lines, (fstab) => run(['mount', '-a', '--no-canonicalize', '-T', fstab]));
+    const result = await withFstab(lines, (fstab) => run(ns, ['mount', '-a', '--no-canonicalize', '-T', fstab]));
     for (const p of pending) {
       const fd = openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
       // A new mount at the mount point, showing the source directory: the bind took.
@@ -165,14 +196,14 @@ interface PendingBind {
   source: number;
 }
 
-function openBind(request: MountRequest): PendingBind {
-  const parent = openInRootfs(request.rootfs, path.posix.dirname(request.path), true);
+function openBind(ns: Namespace, request: MountRequest): PendingBind {
+  const parent = openInRootfs(request.rootfs, path.posix.dirname(request.path), true, ns.fsRoot);
   const name = path.posix.basename(request.path);
   let target: number | undefined;
   try {
     target = openChild(parent.fd, name, true, request.rootfs, request.path) as number;
     const mountId = mountIdOf(target);
-    return { request, parent, name, target, mountId, source: openSource(request) };
+    return { request, parent, name, target, mountId, source: openSource(ns, request) };
   } catch (error) {
     if (target !== undefined) closeSync(target);
     parent.close();
@@ -180,9 +211,9 @@ function openBind(request: MountRequest): PendingBind {
   }
 }
 
-function openSource(request: MountRequest): number {
+function openSource(ns: Namespace, request: MountRequest): number {
   try {
-    return openSync(request.source, O_PATH | fsConstants.O_DIRECTORY);
+    return openSync(path.join(ns.fsRoot, request.source), O_PATH_DIRECTORY);
   } catch (error) {
     throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${describeMount(request)} failed: the volume directory cannot be opened (${(error as Error).message})`, {
       cause: error,
@@ -191,17 +222,17 @@ function openSource(request: MountRequest): number {
 }
 
 /** Applies `nosuid,nodev`, the mode and private propagation to every mount made, in one `mount -a`. */
-async function remount(made: readonly MadeMount[]): Promise<void> {
+async function remount(ns: Namespace, made: readonly MadeMount[]): Promise<void> {
   if (made.length === 0) return;
   const lines = made.map((m) => `none ${procPathOf(m.fd)} none remount,bind,nosuid,nodev,${m.request.mode},private 0 0`);
-  const result = await withFstab(lines, (fstab) => run(['mount', '-a', '--no-canonicalize', '-T', fstab]));
+  const result = await withFstab(lines, (fstab) => run(ns, ['mount', '-a', '--no-canonicalize', '-T', fstab]));
   if (result.exitCode !== 0) debugMount('remount exited %d: %s', result.exitCode, result.stderr);
 }
 
 /** Reads the mounts back by mount id: each must show the options asked for, and be private. */
-async function verify(made: readonly MadeMount[]): Promise<void> {
+async function verify(ns: Namespace, made: readonly MadeMount[]): Promise<void> {
   if (made.length === 0) return;
-  const byId = new Map((await readMountinfo()).map((e) => [e.id, e]));
+  const byId = new Map((await readMountinfo(ns.mountinfo)).map((e) => [e.id, e]));
   for (const m of made) {
     const entry = byId.get(mountIdOf(m.fd));
     const wanted = ['nosuid', 'nodev', m.request.mode];
@@ -220,8 +251,8 @@ function describeMount(request: MountRequest): string {
 }
 
 /** Undoes mounts made by a failed `mountAll`, children first, through the descriptors on the mounts themselves. */
-async function detachMade(made: readonly MadeMount[]): Promise<void> {
-  await detach([...made].reverse().map((m) => ({ target: m.request, fd: m.fd })));
+async function detachMade(ns: Namespace, made: readonly MadeMount[]): Promise<void> {
+  await detach(ns, [...made].reverse().map((m) => ({ target: m.request, fd: m.fd })));
 }
 
 /**
@@ -229,10 +260,10 @@ async function detachMade(made: readonly MadeMount[]): Promise<void> {
  * symlink; null when nothing can be there: we never mount through a symlink or a
  * non-directory, nor where a path is missing.
  */
-function openMountPoint(target: MountTarget): number | null {
+function openMountPoint(ns: Namespace, target: MountTarget): number | null {
   let parent: PinnedDirectory | null;
   try {
-    parent = openInRootfs(target.rootfs, path.posix.dirname(target.path), false);
+    parent = openInRootfs(target.rootfs, path.posix.dirname(target.path), false, ns.fsRoot);
     if (parent === null) return null;
   } catch (error) {
     if (isNothingThere(error)) return null;
@@ -261,9 +292,9 @@ function isNothingThere(error: unknown): boolean {
  * descriptors keep the mounts busy, and a process still holding files in a volume
  * keeps them, as with Docker.
  */
-async function detach(open: readonly { target: MountTarget; fd: number }[]): Promise<void> {
+async function detach(ns: Namespace, open: readonly { target: MountTarget; fd: number }[]): Promise<void> {
   if (open.length === 0) return;
-  const result = await run(['umount', '--no-canonicalize', '--lazy', ...open.map((o) => procPathOf(o.fd))]);
+  const result = await run(ns, ['umount', '--no-canonicalize', '--lazy', ...open.map((o) => procPathOf(o.fd))]);
   if (result.exitCode === 0) return;
   for (const { target, fd } of open) {
     const said = linesAbout(result.stderr, procPathOf(fd));
@@ -280,7 +311,8 @@ interface CommandResult {
   stderr: string;
 }
 
-async function run(command: string[]): Promise<CommandResult> {
+async function run(ns: Namespace, argv: string[]): Promise<CommandResult> {
+  const command = ns.command(argv);
   debugMount('run %o', command);
   const result = await execa(command[0] as string, command.slice(1), { stdin: 'ignore', env: { LC_ALL: 'C' }, reject: false });
   if (result.exitCode === undefined) {

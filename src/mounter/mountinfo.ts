@@ -38,8 +38,9 @@ export function parseMountinfo(text: string): MountinfoEntry[] {
   return entries;
 }
 
-export async function readMountinfo(): Promise<MountinfoEntry[]> {
-  return parseMountinfo(await fs.readFile('/proc/self/mountinfo', 'utf8'));
+/** The mounts of this process's mount namespace, or of the one `file` (`/proc/<pid>/mountinfo`) describes. */
+export async function readMountinfo(file = '/proc/self/mountinfo'): Promise<MountinfoEntry[]> {
+  return parseMountinfo(await fs.readFile(file, 'utf8'));
 }
 
 /**

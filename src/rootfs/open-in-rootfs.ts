@@ -6,6 +6,9 @@ const O_PATH = 0o10000000;
 /** With O_DIRECTORY, O_NOFOLLOW makes a symlink fail (ENOTDIR) instead of being followed. */
 const OPEN_DIR = O_PATH | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
 
+/** O_PATH, for opening a directory only to name it, as a mount source or target. */
+export const O_PATH_DIRECTORY = O_PATH | fs.constants.O_DIRECTORY;
+
 /** A directory pinned by an O_PATH file descriptor. */
 export interface PinnedDirectory {
   fd: number;
@@ -32,13 +35,13 @@ export interface PinnedDirectory {
  * The calls are synchronous on purpose: the walk juggles raw descriptors, and each
  * step is a single local system call.
  */
-export function openInRootfs(rootfs: string, containerPath: string, create: true): PinnedDirectory;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean): PinnedDirectory | null;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean): PinnedDirectory | null {
+export function openInRootfs(rootfs: string, containerPath: string, create: true, fsRoot?: string): PinnedDirectory;
+export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot?: string): PinnedDirectory | null;
+export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot = '/'): PinnedDirectory | null {
   if (containerPath.split('/').includes('..')) {
     throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(containerPath)}: must not contain '..' segments`);
   }
-  let fd = openRootfs(rootfs);
+  let fd = openRootfs(rootfs, fsRoot);
   const rootHostPath = hostPathOf(fd);
   try {
     for (const name of components(containerPath)) {
@@ -105,13 +108,18 @@ function notADirectory(error: unknown, child: string, rootfs: string, containerP
       );
 }
 
-/** Opens the rootfs itself by walking its host path from `/`, following no symlink. */
-function openRootfs(rootfs: string): number {
+/**
+ * Opens the rootfs itself by walking its host path from `fsRoot`, following no symlink.
+ * `fsRoot` is `/`, or `/proc/<pid>/root` to walk the file system as another mount
+ * namespace sees it.
+ */
+function openRootfs(rootfs: string, fsRoot: string): number {
   const invalid = (why: string, cause?: unknown) =>
     new ContainerVolumesError('ERR_INVALID_ROOTFS', `rootfs ${rootfs} cannot be used: ${why}`, { cause });
   const names = components(rootfs);
   if (!rootfs.startsWith('/') || names.length === 0) throw invalid('it must be an absolute path other than /');
-  let fd = fs.openSync('/', OPEN_DIR);
+  // The one link followed: `/proc/<pid>/root` is the way into another mount namespace.
+  let fd = fs.openSync(fsRoot, O_PATH_DIRECTORY);
   try {
     for (const name of names) {
       let next: number;
