@@ -330,6 +330,15 @@ describe('ids: malformed ids are ERR_INVALID_ID, unknown well-formed ones ERR_*_
   const asId = (id: unknown) => id as string;
   const METHODS: IdMethod[] = [
     { name: 'runtime.get', what: 'container', existing: (w) => w.db.id, call: (w, id) => w.runtime.get(asId(id)) },
+    { name: 'runtime.ociMounts', what: 'container', existing: (w) => w.db.id, call: (w, id) => w.runtime.ociMounts(asId(id)) },
+    { name: 'runtime.lxcMountEntries', what: 'container', existing: (w) => w.db.id, call: (w, id) => w.runtime.lxcMountEntries(asId(id)) },
+    { name: 'runtime.runHandler', what: 'container', existing: (w) => w.db.id, call: (w, id) => w.runtime.runHandler(asId(id), () => 'ran') },
+    {
+      name: 'runtime.backup',
+      what: 'container',
+      existing: (w) => w.db.id,
+      call: (w, id) => w.runtime.backup(asId(id), path.join(w.dir, 'backup.tar')),
+    },
     { name: 'runtime.mount', what: 'container', existing: (w) => w.db.id, call: (w, id) => w.runtime.mount(asId(id)) },
     { name: 'runtime.unmount', what: 'container', existing: (w) => w.web.id, call: (w, id) => w.runtime.unmount(asId(id)) },
     { name: 'runtime.remove', what: 'container', existing: (w) => w.empty.id, call: (w, id) => w.runtime.remove(asId(id)) },
@@ -1203,6 +1212,9 @@ const TAMPERS: Tamper[] = [
 /** Everything that reads db's configuration, or all configurations. */
 const READERS: { name: string; call: (w: World) => Promise<unknown> }[] = [
   { name: 'runtime.get(db)', call: (w) => w.runtime.get(w.db.id) },
+  { name: 'runtime.ociMounts(db)', call: (w) => w.runtime.ociMounts(w.db.id) },
+  { name: 'runtime.runHandler(db)', call: (w) => w.runtime.runHandler(w.db.id, () => 'ran') },
+  { name: 'runtime.recover()', call: (w) => w.runtime.recover() },
   { name: 'runtime.list()', call: (w) => w.runtime.list() },
   { name: 'runtime.mount(db)', call: (w) => w.runtime.mount(w.db.id) },
   { name: 'runtime.unmount(db)', call: (w) => w.runtime.unmount(w.db.id) },
