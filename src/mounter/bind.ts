@@ -1,16 +1,16 @@
 import fs from 'node:fs/promises';
-import { closeSync, fstatSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { execa } from 'execa';
 import { ContainerVolumesError, MountCommandError, isErrnoException } from '../errors.js';
 import { debugMount } from '../debug.js';
-import { O_PATH_DIRECTORY, openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
+import { O_PATH_DIRECTORY, hostPathOf, openBelow, openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
 import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
-import { bindSource, readMountinfo } from './mountinfo.js';
+import { bindSource, type MountinfoEntry, readMountinfo } from './mountinfo.js';
 
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
 const NOTHING_MOUNTED = /not mounted|no mount point specified/;
@@ -50,6 +50,8 @@ interface MadeMount {
   name: string;
   /** Opened through the parent after the bind: names the new mount, not the directory it covers. */
   fd: number;
+  /** Set while the mount waits in a private staging directory, to be moved onto `target` (see `staging`). */
+  staged?: { dir: string; target: number };
 }
 
 /**
@@ -81,10 +83,14 @@ export class BindMounter implements Mounter {
     if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
     requests.forEach(checkMountRequest);
     const ns = namespaceOf(this);
+    const levels = byNesting(requests);
+    // Refuse a symlink or a file on any path before the first mount point is created.
+    for (const request of levels[0] ?? []) probe(ns, request);
     const made: MadeMount[] = [];
     try {
-      for (const level of byNesting(requests)) await bindLevel(ns, level, made);
+      for (const level of levels) await bindLevel(ns, level, made);
       await remount(ns, made);
+      await moveStaged(ns, made);
       await verify(ns, made);
     } catch (error) {
       await detachMade(ns, made).catch((e: Error) => debugMount('rollback failed: %s', e.message));
@@ -93,6 +99,7 @@ export class BindMounter implements Mounter {
       for (const m of made) {
         closeSync(m.fd);
         m.parent.close();
+        if (m.staged) unstage(m.staged);
       }
     }
   }
@@ -164,24 +171,38 @@ function byNesting(requests: readonly MountRequest[]): MountRequest[][] {
 async function bindLevel(ns: Namespace, requests: readonly MountRequest[], made: MadeMount[]): Promise<void> {
   const pending: PendingBind[] = [];
   try {
-    for (const request of requests) pending.push(openBind(ns, request));
-    const lines = pending.map((p) => `${procPathOf(p.source)} ${procPathOf(p.target)} none bind 0 0`);
+    const mounts = new Map((await readMountinfo(ns.mountinfo)).map((e) => [e.id, e]));
+    for (const request of requests) pending.push(openBind(ns, request, made, mounts));
+    if (pending.some((p) => p.onShared)) await prepareStaging();
+    for (const p of pending) {
+      if (!p.onShared) continue;
+      p.stageDir = stagingDirectory();
+      p.bindTarget = openSync(p.stageDir, O_PATH_DIRECTORY | fsConstants.O_NOFOLLOW);
+    }
+    const lines = pending.map((p) => `${procPathOf(p.source)} ${procPathOf(p.bindTarget)} none bind 0 0`);
     const result = await withFstab(lines, (fstab) => run(ns, ['mount', '-a', '--no-canonicalize', '-T', fstab]));
     for (const p of pending) {
-      const fd = openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
+      const fd = p.stageDir
+        ? openSync(p.stageDir, O_PATH_DIRECTORY | fsConstants.O_NOFOLLOW)
+        : openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
       // A new mount at the mount point, showing the source directory: the bind took.
       if (fd !== null && mountIdOf(fd) !== p.mountId && sameInode(fd, p.source)) {
-        made.push({ request: p.request, parent: p.parent, name: p.name, fd });
+        made.push({ request: p.request, parent: p.parent, name: p.name, fd, ...(p.stageDir ? { staged: { dir: p.stageDir, target: p.target } } : {}) });
         continue;
       }
       if (fd !== null) closeSync(fd);
-      throw commandFailed('ERR_MOUNT_FAILED', describeMount(p.request), result, procPathOf(p.target));
+      throw commandFailed('ERR_MOUNT_FAILED', describeMount(p.request), result, procPathOf(p.bindTarget));
     }
   } finally {
     for (const p of pending) {
-      closeSync(p.target);
+      const mine = made.find((m) => m.parent === p.parent);
+      if (p.bindTarget !== p.target) closeSync(p.bindTarget);
+      if (!mine?.staged) closeSync(p.target);
       closeSync(p.source);
-      if (!made.some((m) => m.parent === p.parent)) p.parent.close();
+      if (!mine) {
+        p.parent.close();
+        if (p.stageDir) unstage({ dir: p.stageDir });
+      }
     }
   }
 }
@@ -194,21 +215,69 @@ interface PendingBind {
   target: number;
   mountId: number;
   source: number;
+  /**
+   * The mount point is on a shared mount: a bind made there directly would propagate
+   * to the peers before the remount made it read-only, nosuid and nodev, so it is made
+   * in a staging directory and moved there afterwards.
+   */
+  onShared: boolean;
+  /** Where the bind is made: the mount point, or the staging directory. */
+  bindTarget: number;
+  stageDir?: string;
 }
 
-function openBind(ns: Namespace, request: MountRequest): PendingBind {
-  const parent = openInRootfs(request.rootfs, path.posix.dirname(request.path), true, ns.fsRoot);
+/**
+ * Walks the request's path as far as it exists, creating nothing: a symlink or a
+ * non-directory on it is refused before anything is changed. Only for requests not
+ * nested in another of the call, whose paths the parent's mount will cover.
+ */
+function probe(ns: Namespace, request: MountRequest): void {
+  try {
+    openInRootfs(request.rootfs, request.path, false, ns.fsRoot)?.close();
+  } catch (error) {
+    throw naming(error, request);
+  }
+}
+
+/** A refusal met on the way names the volume's path, not only the component that was refused. */
+function naming(error: unknown, request: MountRequest): unknown {
+  if (!(error instanceof ContainerVolumesError) || error instanceof MountCommandError) return error;
+  return new ContainerVolumesError(error.code, `cannot mount a volume at ${request.path}: ${error.message}`, { cause: error });
+}
+
+/** Opens what one bind needs. A mount point inside a volume still waiting in staging is opened inside that staged mount. */
+function openBind(ns: Namespace, request: MountRequest, made: readonly MadeMount[], mounts: Map<number, MountinfoEntry>): PendingBind {
+  let parent: PinnedDirectory;
+  try {
+    parent = openParent(ns, request, made);
+  } catch (error) {
+    throw naming(error, request);
+  }
   const name = path.posix.basename(request.path);
   let target: number | undefined;
   try {
     target = openChild(parent.fd, name, true, request.rootfs, request.path) as number;
     const mountId = mountIdOf(target);
-    return { request, parent, name, target, mountId, source: openSource(ns, request) };
+    const source = openSource(ns, request);
+    // A namespace of a handler is private throughout: nothing there can propagate.
+    const onShared = ns === OWN_NAMESPACE && (mounts.get(mountIdOf(parent.fd))?.propagation.some((tag) => tag.startsWith('shared:')) ?? false);
+    return { request, parent, name, target, mountId, source, onShared, bindTarget: target };
   } catch (error) {
     if (target !== undefined) closeSync(target);
     parent.close();
-    throw error;
+    throw naming(error, request);
   }
+}
+
+/** The directory holding the request's mount point: inside a staged ancestor of the same call if there is one. */
+function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMount[]): PinnedDirectory {
+  const dir = path.posix.dirname(request.path);
+  const staged = made
+    .filter((m) => m.staged && m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
+    .sort((a, b) => b.request.path.length - a.request.path.length)[0];
+  if (!staged) return openInRootfs(request.rootfs, dir, true, ns.fsRoot);
+  const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path);
+  return { fd, hostPath: hostPathOf(fd), procPath: procPathOf(fd), close: () => closeSync(fd) };
 }
 
 function openSource(ns: Namespace, request: MountRequest): number {
@@ -237,12 +306,64 @@ async function verify(ns: Namespace, made: readonly MadeMount[]): Promise<void> 
     const entry = byId.get(mountIdOf(m.fd));
     const wanted = ['nosuid', 'nodev', m.request.mode];
     const missing = wanted.filter((option) => !entry?.options.includes(option));
-    if (entry && missing.length === 0 && entry.propagation.length === 0) continue;
+    // A tree moved under a shared mount point joins its peer group: that is how its copies follow it.
+    const moved = made.some((a) => a.staged && a.request.rootfs === m.request.rootfs && (a === m || isBelow(m.request.path, a.request.path)));
+    const isolated = moved || entry?.propagation.length === 0;
+    if (entry && missing.length === 0 && isolated) continue;
     const shows = entry ? `${entry.options.join(',')} ${entry.propagation.join(' ')}`.trim() : 'no mount';
     throw new ContainerVolumesError(
       'ERR_MOUNT_FAILED',
       `${describeMount(m.request)}: /proc/self/mountinfo does not show ${[...missing, 'private'].join(',')} in effect (it shows ${shows})`,
     );
+  }
+}
+
+/**
+ * Moves each staged mount, now read-only, nosuid and nodev, onto its mount point, one
+ * `mount --move` each (util-linux 2.38's `mount -a` cannot move). The kernel
+ * propagates the moved mount, flags included, to the peers of a shared mount point,
+ * and later propagates its unmount to them too.
+ */
+async function moveStaged(ns: Namespace, made: readonly MadeMount[]): Promise<void> {
+  for (const m of made) {
+    if (!m.staged) continue;
+    const result = await run(ns, ['mount', '--no-canonicalize', '--move', procPathOf(m.fd), procPathOf(m.staged.target)]);
+    const there = openChild(m.parent.fd, m.name, false, m.request.rootfs, m.request.path);
+    const moved = there !== null && mountIdOf(there) === mountIdOf(m.fd);
+    if (there !== null) closeSync(there);
+    if (!moved) throw commandFailed('ERR_MOUNT_FAILED', describeMount(m.request), result, procPathOf(m.staged.target));
+  }
+}
+
+/** Where mounts wait before a move: a private mount, so nothing made there propagates. */
+const STAGING = '/run/container-volumes/staging';
+let stagingReady: Promise<void> | undefined;
+
+/** Makes STAGING a private mount of its own, once per process. */
+export function prepareStaging(): Promise<void> {
+  stagingReady ??= (async () => {
+    mkdirSync(STAGING, { recursive: true, mode: 0o700 });
+    const top = (await readMountinfo()).filter((e) => e.mountPoint === STAGING).pop();
+    if (top && top.propagation.length === 0) return;
+    const result = await run(OWN_NAMESPACE, ['mount', '--no-canonicalize', '--bind', '--make-private', STAGING, STAGING]);
+    if (result.exitCode !== 0) throw commandFailed('ERR_MOUNT_FAILED', `making ${STAGING} a private mount`, result, STAGING);
+  })().catch((error: unknown) => {
+    stagingReady = undefined;
+    throw error;
+  });
+  return stagingReady;
+}
+
+function stagingDirectory(): string {
+  return mkdtempSync(path.join(STAGING, `${process.pid}-`));
+}
+
+function unstage(staged: { dir: string; target?: number }): void {
+  if (staged.target !== undefined) closeSync(staged.target);
+  try {
+    rmdirSync(staged.dir);
+  } catch (error) {
+    debugMount('staging directory %s stays: %s', staged.dir, (error as Error).message);
   }
 }
 

@@ -58,6 +58,26 @@ export function openInRootfs(rootfs: string, containerPath: string, create: bool
 }
 
 /**
+ * Opens (creating) the directory `relative` below the directory `dirFd`, one component
+ * at a time and following no symlink, as `openInRootfs` does below a rootfs; for a
+ * mount point inside a volume that is not yet in its place.
+ */
+export function openBelow(dirFd: number, relative: string, rootfs: string, containerPath: string): number {
+  let fd = fs.openSync(`/proc/self/fd/${dirFd}`, O_PATH_DIRECTORY);
+  try {
+    for (const name of components(relative)) {
+      const next = openChild(fd, name, true, rootfs, containerPath) as number;
+      fs.closeSync(fd);
+      fd = next;
+    }
+    return fd;
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+}
+
+/**
  * Opens `name` inside the directory `dirFd`, without following a symlink; null when it
  * is missing and `create` is false.
  */

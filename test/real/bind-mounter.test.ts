@@ -47,9 +47,6 @@ describe('Mounter contract: BindMounter', () => {
 describe('BindMounter: what a process sees', () => {
   test('files of the volume are visible through the rootfs, with nosuid,nodev and private propagation', async () => {
     const { rootfs, source } = await dirs();
-    // A shared parent would make our mount a peer that leaks into other namespaces.
-    execFileSync('mount', ['--bind', rootfs, rootfs]);
-    execFileSync('mount', ['--make-shared', rootfs]);
     await mounter.mount({ source, rootfs, path: '/var/lib/db', mode: 'rw' });
     expect(fs.readFileSync(path.join(rootfs, 'var/lib/db/marker'), 'utf8')).toBe('volume data');
     fs.writeFileSync(path.join(rootfs, 'var/lib/db/new'), 'written inside');
@@ -57,11 +54,47 @@ describe('BindMounter: what a process sees', () => {
     const [line] = mountsUnder(path.join(rootfs, 'var/lib/db'));
     expect(line?.root).toBe(source);
     expect(line?.options).toEqual(expect.arrayContaining(['rw', 'nosuid', 'nodev']));
-    expect(line?.optional.filter((o) => o.startsWith('shared:'))).toEqual([]);
+    expect(line?.optional).toEqual([]);
     await mounter.unmount({ rootfs, path: '/var/lib/db' });
-    execFileSync('umount', [rootfs]);
     expect(mountsUnder(rootfs)).toEqual([]);
     expect(fs.readdirSync(path.join(rootfs, 'var/lib/db'))).toEqual([]);
+  });
+
+  test('on a shared rootfs (systemd makes / shared), peers and slaves only ever get the read-only, nosuid, nodev mount, and lose it on unmount', async () => {
+    const { rootfs, source, outside } = await dirs();
+    const peer = path.join(outside, 'peer');
+    const slave = path.join(outside, 'slave');
+    fs.mkdirSync(peer);
+    fs.mkdirSync(slave);
+    execFileSync('mount', ['--bind', rootfs, rootfs]);
+    execFileSync('mount', ['--make-shared', rootfs]);
+    execFileSync('mount', ['--bind', rootfs, peer]);
+    execFileSync('mount', ['--bind', rootfs, slave]);
+    execFileSync('mount', ['--make-slave', slave]);
+    try {
+      await mounter.mountAll([
+        { source, rootfs, path: '/data', mode: 'ro' },
+        { source, rootfs, path: '/data/inner', mode: 'rw' },
+      ]);
+      for (const view of [rootfs, peer, slave]) {
+        const lines = mountsUnder(path.join(view, 'data'));
+        expect(lines.map((l) => [l.mountPoint, l.options.includes('ro') ? 'ro' : 'rw'])).toEqual([
+          [path.join(view, 'data'), 'ro'],
+          [path.join(view, 'data/inner'), 'rw'],
+        ]);
+        for (const l of lines) expect(l.options).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
+        expect(fs.readFileSync(path.join(view, 'data/marker'), 'utf8')).toBe('volume data');
+        expect(() => fs.writeFileSync(path.join(view, 'data/x'), 'x')).toThrow(expect.objectContaining({ code: 'EROFS' }));
+      }
+      await mounter.unmountAll([
+        { rootfs, path: '/data/inner' },
+        { rootfs, path: '/data' },
+      ]);
+      for (const view of [rootfs, peer, slave]) expect(mountsUnder(path.join(view, 'data'))).toEqual([]);
+      expect(fs.readdirSync('/run/container-volumes/staging').filter((d) => d.startsWith(`${process.pid}-`))).toEqual([]);
+    } finally {
+      for (const dir of [slave, peer, rootfs]) unmountAllUnder(dir);
+    }
   });
 
   test('a read-only mount refuses writes with EROFS while the volume stays writable on the host', async () => {
