@@ -7,6 +7,7 @@ import { applyPlan, mountedThere, planMounts } from './mount-plan.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import { currentBootId } from './store/boot-id.js';
 import type { ContainerConfig } from './store/container-config.js';
+import { isAlive } from './process-alive.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {
@@ -120,17 +121,6 @@ async function detachAll(ctx: Context, config: ContainerConfig, volumesDir: stri
 
 function isStoreVolume(mount: MountedVolume, volumesDir: string): boolean {
   return mount.source !== undefined && path.dirname(mount.source) === volumesDir;
-}
-
-function isAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists, it is just not ours to signal.
-    return isErrnoException(error, 'EPERM');
-  }
 }
 
 /**

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { closeSync, constants as fsConstants, fstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -11,6 +11,7 @@ import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSource, type MountinfoEntry, readMountinfo } from './mountinfo.js';
+import { isAlive } from '../process-alive.js';
 
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
 const NOTHING_MOUNTED = /not mounted|no mount point specified/;
@@ -343,15 +344,32 @@ let stagingReady: Promise<void> | undefined;
 export function prepareStaging(): Promise<void> {
   stagingReady ??= (async () => {
     mkdirSync(STAGING, { recursive: true, mode: 0o700 });
-    const top = (await readMountinfo()).filter((e) => e.mountPoint === STAGING).pop();
-    if (top && top.propagation.length === 0) return;
-    const result = await run(OWN_NAMESPACE, ['mount', '--no-canonicalize', '--bind', '--make-private', STAGING, STAGING]);
-    if (result.exitCode !== 0) throw commandFailed('ERR_MOUNT_FAILED', `making ${STAGING} a private mount`, result, STAGING);
+    const mounts = await readMountinfo();
+    const top = mounts.filter((e) => e.mountPoint === STAGING).pop();
+    if (!top || top.propagation.length > 0) {
+      const result = await run(OWN_NAMESPACE, ['mount', '--no-canonicalize', '--bind', '--make-private', STAGING, STAGING]);
+      if (result.exitCode !== 0) throw commandFailed('ERR_MOUNT_FAILED', `making ${STAGING} a private mount`, result, STAGING);
+    }
+    await clearStaging(mounts);
   })().catch((error: unknown) => {
     stagingReady = undefined;
     throw error;
   });
   return stagingReady;
+}
+
+/**
+ * Detaches and removes what processes that died mid-mount left in staging (a directory
+ * is named after the process that made it). Staging is root's own directory under
+ * /run, so its paths can be given to umount as they are.
+ */
+async function clearStaging(mounts: readonly MountinfoEntry[]): Promise<void> {
+  const dead = readdirSync(STAGING).filter((name) => !isAlive(Number(name.split('-')[0])));
+  if (dead.length === 0) return;
+  const dirs = dead.map((name) => path.join(STAGING, name));
+  const left = mounts.filter((e) => dirs.some((d) => e.mountPoint === d || e.mountPoint.startsWith(`${d}/`))).reverse();
+  if (left.length > 0) await run(OWN_NAMESPACE, ['umount', '--no-canonicalize', '--lazy', ...new Set(left.map((e) => e.mountPoint))]);
+  for (const dir of dirs) unstage({ dir });
 }
 
 function stagingDirectory(): string {
