@@ -1,8 +1,8 @@
 import fs from 'node:fs/promises';
 import { ContainerVolumesError } from './errors.js';
 import { debugMount } from './debug.js';
-import type { MountedVolume, Mounter, MountRequest } from './mounter/mounter.js';
-import { compareParentsFirst } from './spec/volume-path.js';
+import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter/mounter.js';
+import { compareParentsFirst, isBelow } from './spec/volume-path.js';
 import type { ContainerConfig } from './store/container-config.js';
 
 /**
@@ -50,17 +50,33 @@ export async function mountedOf(mounter: Mounter, plan: readonly MountRequest[])
 
 /**
  * Makes the mounts of `plan` that are not already in place, parents first, in one
- * batch when the mounter can. `guard` runs before mounting and once after (it throws
- * when the store's lock was lost). If anything fails, the mounts made by this call are
- * undone (children first) and the error names the path.
+ * batch when the mounter can, and resolves to them. A half-made mount of ours at a
+ * path (see `MountedVolume.options`) is detached first, not stacked upon; a volume
+ * below one that is mounted again is mounted again too, since the new parent mount
+ * covers it. `guard` runs before mounting and once after (it throws when the store's
+ * lock was lost). If anything fails, the mounts made by this call are undone
+ * (children first) and the error names the path.
  */
-export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
+export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<MountRequest[]> {
   const first = plan[0];
-  if (first === undefined) return;
+  if (first === undefined) return [];
   const present = await mounter.list(first.rootfs);
   const missing: MountRequest[] = [];
-  for (const request of plan) if ((await mountedThere(present, request))?.mode !== request.mode) missing.push(request);
-  if (missing.length === 0) return;
+  const halfMade: MountRequest[] = [];
+  for (const request of plan) {
+    const top = await mountedThere(present, request);
+    if (top && isComplete(top) && top.mode === request.mode && !missing.some((m) => isBelow(request.path, m.path))) continue;
+    missing.push(request);
+    if (top && !isComplete(top)) halfMade.push(request);
+  }
+  if (missing.length === 0) return [];
+  if (halfMade.length > 0) {
+    try {
+      await unmountTargets(mounter, [...halfMade].reverse(), guard);
+    } catch (error) {
+      throw namingPath(error, 'ERR_UNMOUNT_FAILED', `detaching half-made mounts in rootfs ${first.rootfs} failed`);
+    }
+  }
   const made = mounter.mountAll ? await mountBatch(mounter, mounter.mountAll, missing, guard) : await mountEach(mounter, missing, guard);
   try {
     guard();
@@ -68,6 +84,12 @@ export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[],
     await revertPlan(mounter, made);
     throw error;
   }
+  return missing;
+}
+
+/** Whether a mount shows the options every volume mount gets (when the mounter tells them). */
+export function isComplete(mount: MountedVolume): boolean {
+  return mount.options === undefined || (mount.options.includes('nosuid') && mount.options.includes('nodev'));
 }
 
 async function mountBatch(
@@ -101,35 +123,80 @@ async function mountEach(mounter: Mounter, requests: readonly MountRequest[], gu
   return made;
 }
 
+/** How many rounds `removePlan` makes to catch mounts whose paths change under it. */
+const UNMOUNT_ROUNDS = 16;
+
 /**
  * Unmounts what of `plan` is mounted, children first, in one batch when the mounter
  * can, running `guard` first. If that fails, what this call unmounted is mounted
  * again so the container is left as it was.
+ *
+ * A process in the container can rename a directory above a mount point while we
+ * unmount: the mount then sits at a path the plan does not name, and a path we unmount
+ * may lead nowhere. So success is judged by identity, not by path: the mounts of the
+ * plan's volumes under the rootfs must drop by as many as we set out to remove (a
+ * second container on the same rootfs may hold its own), wherever they are now.
  */
 export async function removePlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
-  const mounted = (await mountedOf(mounter, plan)).reverse();
-  if (mounted.length === 0) return;
-  if (mounter.unmountAll) {
-    guard();
+  const first = plan[0];
+  if (first === undefined) return;
+  const planned = new Set(plan.map((r) => r.path));
+  // One listing for both, or a mount renamed between two would be counted twice.
+  const present = await mounter.list(first.rootfs);
+  const initial = await ofPlan(present, plan);
+  const mounted: MountRequest[] = [];
+  for (const request of plan) if (await mountedThere(present, request)) mounted.unshift(request);
+  const moved = initial.filter((m) => !planned.has(m.path));
+  const wanted = initial.length - mounted.length - moved.length;
+  let targets: MountTarget[] = [...mounted, ...moved.reverse().map((m) => ({ rootfs: first.rootfs, path: m.path }))];
+  for (let round = 0; targets.length > 0; round++) {
     try {
-      await mounter.unmountAll(mounted);
+      await unmountTargets(mounter, targets, guard);
     } catch (error) {
       const still = await mountedOf(mounter, plan).catch(() => plan);
       await restore(mounter, mounted.filter((m) => !still.includes(m)).reverse());
-      throw namingPath(error, 'ERR_UNMOUNT_FAILED', `unmounting the volumes of rootfs ${(mounted[0] as MountRequest).rootfs} failed`);
+      throw namingPath(error, 'ERR_UNMOUNT_FAILED', `unmounting the volumes of rootfs ${first.rootfs} failed`);
     }
-    return;
+    const left = await ofPlan(await mounter.list(first.rootfs), plan);
+    if (left.length <= wanted) return;
+    if (round + 1 === UNMOUNT_ROUNDS) {
+      throw new ContainerVolumesError(
+        'ERR_UNMOUNT_FAILED',
+        `unmounting the volumes of rootfs ${first.rootfs} failed: still mounted at ${left.map((m) => m.path).join(', ')} after ${UNMOUNT_ROUNDS} attempts (paths in the rootfs kept changing)`,
+      );
+    }
+    targets = [...new Set(left.map((m) => m.path))].reverse().map((p) => ({ rootfs: first.rootfs, path: p }));
   }
-  const removed: MountRequest[] = [];
-  for (const request of mounted) {
-    try {
-      guard();
-      await mounter.unmount(request);
-    } catch (error) {
-      await restore(mounter, removed.reverse());
-      throw namingPath(error, 'ERR_UNMOUNT_FAILED', `unmounting ${request.path} in rootfs ${request.rootfs} failed`);
-    }
-    removed.push(request);
+}
+
+/** The mounts of the plan's volumes among `present`, recognised by path or else by identity. */
+async function ofPlan(present: readonly MountedVolume[], plan: readonly MountRequest[]): Promise<MountedVolume[]> {
+  const sources = new Set(plan.map((r) => r.source));
+  const identities = new Set((await Promise.all(plan.map((r) => identityOf(r.source)))).filter((id) => id !== undefined));
+  const found: MountedVolume[] = [];
+  for (const m of present) {
+    if (m.source === undefined) continue;
+    const identity = sources.has(m.source) ? undefined : await identityOf(m.source);
+    if (sources.has(m.source) || (identity !== undefined && identities.has(identity))) found.push(m);
+  }
+  return found;
+}
+
+async function identityOf(dir: string): Promise<string | undefined> {
+  try {
+    const { dev, ino } = await fs.stat(dir);
+    return `${dev}:${ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+async function unmountTargets(mounter: Mounter, targets: readonly MountTarget[], guard: () => void): Promise<void> {
+  guard();
+  if (mounter.unmountAll) return mounter.unmountAll(targets);
+  for (const target of targets) {
+    guard();
+    await mounter.unmount(target);
   }
 }
 

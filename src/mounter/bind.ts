@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { closeSync, constants as fsConstants, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, fstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -138,9 +138,15 @@ export class BindMounter implements Mounter {
       if (!entry.mountPoint.startsWith(prefix)) continue;
       const mountPath = entry.mountPoint.slice(prefix.length - 1);
       const source = bindSource(entry, all, real);
-      found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', ...(source ? { source } : {}) });
+      found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', options: entry.options, ...(source ? { source } : {}) });
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
+  }
+
+  /** Detaches and removes the staging directories of processes that died mid-mount. */
+  async recover(): Promise<void> {
+    if (namespaceOf(this) !== OWN_NAMESPACE || !existsSync(STAGING)) return;
+    await clearStaging(await readMountinfo());
   }
 }
 
@@ -182,18 +188,34 @@ async function bindLevel(ns: Namespace, requests: readonly MountRequest[], made:
     }
     const lines = pending.map((p) => `${procPathOf(p.source)} ${procPathOf(p.bindTarget)} none bind 0 0`);
     const result = await withFstab(lines, (fstab) => run(ns, ['mount', '-a', '--no-canonicalize', '-T', fstab]));
+    let failure: unknown;
     for (const p of pending) {
-      const fd = p.stageDir
-        ? openSync(p.stageDir, O_PATH_DIRECTORY | fsConstants.O_NOFOLLOW)
-        : openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
+      let fd: number | null = null;
+      try {
+        fd = p.stageDir
+          ? openSync(p.stageDir, O_PATH_DIRECTORY | fsConstants.O_NOFOLLOW)
+          : openChild(p.parent.fd, p.name, false, p.request.rootfs, p.request.path);
+      } catch (error) {
+        failure ??= naming(error, p.request);
+      }
       // A new mount at the mount point, showing the source directory: the bind took.
       if (fd !== null && mountIdOf(fd) !== p.mountId && sameInode(fd, p.source)) {
         made.push({ request: p.request, parent: p.parent, name: p.name, fd, ...(p.stageDir ? { staged: { dir: p.stageDir, target: p.target } } : {}) });
         continue;
       }
       if (fd !== null) closeSync(fd);
-      throw commandFailed('ERR_MOUNT_FAILED', describeMount(p.request), result, procPathOf(p.bindTarget));
+      if (!p.stageDir && !(await undoMovedBind(ns, p))) {
+        failure ??= new ContainerVolumesError(
+          'ERR_MOUNT_FAILED',
+          `${describeMount(p.request)} failed: ${p.request.path} was renamed while it was being mounted, and the bind that followed it (now at ${hostPathOf(p.target)}) could not be undone`,
+        );
+      }
+      failure ??=
+        result.exitCode === 0
+          ? new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `${describeMount(p.request)} refused: ${p.request.path} changed while it was being mounted`)
+          : commandFailed('ERR_MOUNT_FAILED', describeMount(p.request), result, procPathOf(p.bindTarget));
     }
+    if (failure !== undefined) throw failure;
   } finally {
     for (const p of pending) {
       const mine = made.find((m) => m.parent === p.parent);
@@ -206,6 +228,40 @@ async function bindLevel(ns: Namespace, requests: readonly MountRequest[], made:
       }
     }
   }
+}
+
+/** How many times a bind that followed its renamed mount point is looked for before giving up. */
+const MOVED_BIND_LOOKUPS = 64;
+
+/**
+ * The bind of `p` does not show at its mount point: the directory was renamed (or
+ * swapped for a symlink, CVE-2021-30465) after we opened it, and the bind landed on the
+ * directory wherever it went, still on the same mount, since a rename cannot cross
+ * mounts. Finds it through the descriptor's parent and current name and detaches it,
+ * so that a refused mount leaves nothing behind, writable or not.
+ */
+async function undoMovedBind(ns: Namespace, p: PendingBind): Promise<boolean> {
+  for (let lookup = 0; lookup < MOVED_BIND_LOOKUPS; lookup++) {
+    let fd: number;
+    try {
+      const parent = openSync(`/proc/self/fd/${p.target}/..`, O_PATH_DIRECTORY);
+      try {
+        fd = openSync(`/proc/self/fd/${parent}/${path.posix.basename(hostPathOf(p.target))}`, O_PATH_DIRECTORY | fsConstants.O_NOFOLLOW);
+      } finally {
+        closeSync(parent);
+      }
+    } catch {
+      continue; // renamed again between the two reads: look again
+    }
+    try {
+      const id = mountIdOf(fd);
+      if (id === p.mountId && sameInode(fd, p.target)) return true; // the directory itself: nothing is mounted on it
+      if (id !== p.mountId && sameInode(fd, p.source)) await detach(ns, [{ target: p.request, fd }]);
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return false;
 }
 
 interface PendingBind {

@@ -24,6 +24,12 @@ export interface MountedVolume {
   mode: Mode;
   /** Host directory mounted there, when the mounter can tell; a mount without one is never taken for a volume. */
   source?: string;
+  /**
+   * The mount options in effect, when the mounter can tell. A mount of a volume without
+   * `nosuid` and `nodev` is half-made (its maker died between bind and remount): it is
+   * replaced, never taken as in place.
+   */
+  options?: string[];
 }
 
 /**
@@ -74,4 +80,11 @@ export interface Mounter {
    * failed; the others may have been detached.
    */
   unmountAll?(targets: readonly MountTarget[]): Promise<void>;
+
+  /**
+   * Optional: cleans up what a process using this mounter left half-done when it died,
+   * outside any rootfs (BindMounter: binds waiting in its staging directory). `recover()`
+   * calls it before it looks at the rootfs of any container.
+   */
+  recover?(): Promise<void>;
 }

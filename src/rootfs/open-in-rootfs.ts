@@ -110,22 +110,19 @@ export function openChild(dirFd: number, name: string, create: boolean, rootfs: 
 
 function notADirectory(error: unknown, child: string, rootfs: string, containerPath: string, name: string): unknown {
   if (!isErrnoException(error, 'ENOTDIR')) return error;
-  const isSymlink = (() => {
+  const now = (() => {
     try {
-      return fs.lstatSync(child).isSymbolicLink();
+      return fs.lstatSync(child);
     } catch {
-      return false;
+      return null;
     }
   })();
-  return isSymlink
-    ? new ContainerVolumesError(
-        'ERR_PATH_ESCAPES_ROOTFS',
-        `refusing ${containerPath} in rootfs ${rootfs}: ${name} is a symlink, and no symlink is followed on a volume path`,
-      )
-    : new ContainerVolumesError(
-        'ERR_MOUNT_POINT_NOT_DIRECTORY',
-        `cannot use ${containerPath} in rootfs ${rootfs}: ${name} is not a directory`,
-      );
+  if (now !== null && !now.isSymbolicLink() && !now.isDirectory()) {
+    return new ContainerVolumesError('ERR_MOUNT_POINT_NOT_DIRECTORY', `cannot use ${containerPath} in rootfs ${rootfs}: ${name} is not a directory`);
+  }
+  // A symlink, or a directory (or nothing) by now: it was a symlink when we opened it, swapped since.
+  const why = now?.isSymbolicLink() ? 'is a symlink, and no symlink is followed on a volume path' : 'changed while it was being resolved';
+  return new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `refusing ${containerPath} in rootfs ${rootfs}: ${name} ${why}`);
 }
 
 /**

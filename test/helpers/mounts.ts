@@ -1,16 +1,20 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 
+/** One line of /proc/self/mountinfo, as the tests read it (independently of src/). */
 export interface MountLine {
+  id: number;
+  device: string;
   mountPoint: string;
   /** The directory of the source file system that is mounted (for a bind mount on the root fs: the host path). */
   root: string;
   options: string[];
+  /** Propagation tags (`shared:N`, `master:N`). */
   optional: string[];
 }
 
-/** The mounts of /proc/self/mountinfo whose mount point is under `dir` (or is it), in mountinfo order. */
-export function mountsUnder(dir: string): MountLine[] {
+/** Every mount of this process's namespace, in mountinfo order. */
+export function mountTable(): MountLine[] {
   const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return fs
     .readFileSync('/proc/self/mountinfo', 'utf8')
@@ -19,9 +23,20 @@ export function mountsUnder(dir: string): MountLine[] {
     .map((line) => {
       const f = line.split(' ');
       const dash = f.indexOf('-', 6);
-      return { mountPoint: unescape(f[4] as string), root: unescape(f[3] as string), options: (f[5] as string).split(','), optional: f.slice(6, dash) };
-    })
-    .filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
+      return {
+        id: Number(f[0]),
+        device: f[2] as string,
+        root: unescape(f[3] as string),
+        mountPoint: unescape(f[4] as string),
+        options: (f[5] as string).split(','),
+        optional: f.slice(6, dash),
+      };
+    });
+}
+
+/** The mounts whose mount point is under `dir` (or is it), in mountinfo order. */
+export function mountsUnder(dir: string): MountLine[] {
+  return mountTable().filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
 }
 
 /** Detaches every mount under `dir`, deepest first: cleanup after a test that failed half-way. */

@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
@@ -260,50 +260,4 @@ describe('BindMounter: symlinks never lead out of the rootfs', () => {
     expect(mountsUnder(outside).map((m) => m.mountPoint)).toEqual([outside]);
     execFileSync('umount', [outside]);
   });
-
-  test('a target swapped for a symlink while mounts run in a loop never yields a mount outside the rootfs', async () => {
-    const { rootfs, source, outside } = await dirs();
-    fs.mkdirSync(path.join(rootfs, 'data'));
-    // Another process keeps swapping /data between a directory and a symlink to the host, without forking.
-    const swapper = spawn('python3', [
-      '-c',
-      [
-        'import os, sys',
-        'os.chdir(sys.argv[1])',
-        'while True:',
-        '    try: os.rename("data", "data.dir")',
-        '    except OSError: continue',
-        '    for step in (lambda: os.symlink(sys.argv[2], "data"), lambda: os.unlink("data"), lambda: os.rename("data.dir", "data")):',
-        '        try: step()',
-        '        except OSError: pass',
-      ].join('\n'),
-      rootfs,
-      outside,
-    ]);
-    let attempts = 0;
-    let mounted = 0;
-    const escaped: string[] = [];
-    try {
-      for (; attempts < 300; attempts++) {
-        try {
-          await mounter.mount({ source, rootfs, path: '/data', mode: 'rw' });
-          mounted++;
-        } catch (error) {
-          expect((error as { code?: string }).code).toMatch(/^ERR_/);
-        }
-        // A failed attempt leaves nothing mounted anywhere, a successful one exactly one mount.
-        expect(mountsUnder('/').filter((line) => line.root === source).length).toBeLessThanOrEqual(1);
-        for (const line of mountsUnder('/')) {
-          if (line.root === source && !line.mountPoint.startsWith(`${rootfs}/`)) escaped.push(line.mountPoint);
-        }
-        await mounter.unmount({ rootfs, path: '/data' }).catch(() => undefined);
-      }
-    } finally {
-      swapper.kill('SIGKILL');
-    }
-    console.log(`symlink-swap race: ${attempts} attempts, ${mounted} mounted, ${escaped.length} outside the rootfs`);
-    expect(escaped).toEqual([]);
-    expect(mounted).toBeGreaterThan(0);
-    unmountAllUnder(rootfs);
-  }, 120_000);
 });

@@ -189,6 +189,43 @@ describe('the seed story with real bind mounts', () => {
     execFileSync('umount', [at]);
   });
 
+  test('mount() of a mounted container replaces a half-made mount (bound, never remounted nosuid,nodev) instead of stacking on it', async () => {
+    const { root, rootfs, runtime } = await world();
+    const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/srv', '/srv/cache'] });
+    await runtime.mount(c.id);
+    const vol = (p: string) => path.join(root, 'volumes', c.volumes.find((v) => v.path === p)!.volumeId);
+    // What a process killed between the bind and the remount leaves at /srv (lazily
+    // detaching /srv takes /srv/cache with it).
+    execFileSync('umount', ['-l', path.join(c.rootfs, 'srv')]);
+    execFileSync('mount', ['--bind', vol('/srv'), path.join(c.rootfs, 'srv')]);
+    expect(mountsUnder(c.rootfs).map((m) => m.options.includes('nosuid'))).toEqual([false]);
+
+    await runtime.mount(c.id);
+
+    expect(table(c.rootfs)).toEqual([
+      ['srv', vol('/srv'), 'rw'],
+      ['srv/cache', vol('/srv/cache'), 'rw'],
+    ]);
+    for (const m of mountsUnder(c.rootfs)) expect(m.options).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
+    await runtime.unmount(c.id);
+    expect(table(c.rootfs)).toEqual([]);
+  });
+
+  test('unmount() finds a mount whose parent directory was renamed inside the rootfs, and reports success only when it is gone', async () => {
+    const { root, rootfs, runtime } = await world();
+    const c = await runtime.create({ rootfs: rootfs('c'), volumes: ['/var/lib/db'] });
+    await runtime.mount(c.id);
+    // What a process in the container may do: rename a directory above the mount point, and put a symlink in its place.
+    fs.renameSync(path.join(c.rootfs, 'var'), path.join(c.rootfs, 'var.old'));
+    fs.symlinkSync('/', path.join(c.rootfs, 'var'));
+    expect(table(c.rootfs)).toEqual([['var.old/lib/db', path.join(root, 'volumes', c.volumes[0]!.volumeId), 'rw']]);
+
+    await runtime.unmount(c.id);
+
+    expect(table(c.rootfs)).toEqual([]);
+    expect((await runtime.get(c.id)).mounted).toBe(false);
+  });
+
   test('the state root cannot be used as or inside a rootfs', async () => {
     const { root, runtime, rootfs, dir } = await world();
     rootfs('x');
