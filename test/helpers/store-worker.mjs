@@ -17,29 +17,12 @@
 import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { loadDist, random } from './worker.mjs';
 
-const distUrl = new URL('../../dist/index.js', import.meta.url);
-if (!existsSync(fileURLToPath(distUrl))) {
-  process.stderr.write(`store-worker: ${fileURLToPath(distUrl)} is missing: build the package first with \`npx tsup\`\n`);
-  process.exit(2);
-}
-const { ContainerRuntime, FakeMounter } = await import(distUrl.href);
+const { ContainerRuntime, FakeMounter } = await loadDist('store-worker');
 
 const print = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
 const [mode, ...args] = process.argv.slice(2);
-
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function random(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PATHS = ['/data', '/var/lib/db', '/var/log', '/srv/www', '/cache', '/home/app', '/opt/state', '/tmp/work'];
 
