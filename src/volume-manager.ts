@@ -138,8 +138,11 @@ export class VolumeManager {
     const ctx = this.#ctx;
     return ctx.store.exclusive(async () => {
       const removed: string[] = [];
-      // Only volumes whose last user went away can be unused: no need to look at the others.
-      for (const id of await ctx.store.index.unused()) {
+      // Only volumes whose last user went away can be unused, or volumes of a create
+      // that a killed process left pending (under the lock, no create is under way).
+      const pending = await ctx.store.readPending();
+      const candidates = new Set([...(await ctx.store.index.unused()), ...pending.flatMap((record) => record.volumeIds)]);
+      for (const id of candidates) {
         if (!(await ctx.store.volumeExists(id)) || (await volumeUsers(ctx, id, true)).length > 0) {
           await ctx.store.index.forget(id, { refs: false });
           continue;
@@ -153,6 +156,7 @@ export class VolumeManager {
         await ctx.store.deleteVolumeDir(id);
         removed.push(id);
       }
+      for (const { containerId } of pending) await ctx.store.clearPending(containerId);
       return { removed };
     });
   }

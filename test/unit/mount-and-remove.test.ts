@@ -266,6 +266,22 @@ describe('VolumeManager', () => {
     expect(await runtime.volumes.prune()).toEqual({ removed: [] });
   });
 
+  test('prune deletes the volumes of a create that a killed process left pending, keeps those a configuration names, and clears the record', async () => {
+    const { runtime, db, root } = await setup();
+    // What a process killed during createVolumes leaves: the record, then the directories.
+    const lost = ['9b8e1a52-5f0e-4d3c-8a52-2f6a1c1d0e01', '9b8e1a52-5f0e-4d3c-8a52-2f6a1c1d0e02'];
+    const named = db.volumes[0]!.volumeId;
+    for (const id of lost) await fs.mkdir(path.join(root, 'volumes', id));
+    await fs.writeFile(path.join(root, 'pending', `${db.id}.json`), JSON.stringify([...lost, named]));
+
+    const { removed } = await runtime.volumes.prune();
+
+    expect(removed.sort()).toEqual(lost);
+    expect((await fs.readdir(path.join(root, 'volumes'))).sort()).toEqual(db.volumes.map((v) => v.volumeId).sort());
+    expect(await fs.readdir(path.join(root, 'pending'))).toEqual([]);
+    expect(await runtime.volumes.prune()).toEqual({ removed: [] });
+  });
+
   test('prune keeps an unreferenced volume that has something mounted inside it', async () => {
     const { runtime, mounter, db, source } = await setup();
     await runtime.remove(db.id);
