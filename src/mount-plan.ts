@@ -147,7 +147,8 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
   const mounted: MountRequest[] = [];
   for (const request of plan) if (await mountedThere(present, request)) mounted.unshift(request);
   const moved = initial.filter((m) => !planned.has(m.path));
-  const wanted = initial.length - mounted.length - moved.length;
+  // Stacked below ours at a planned path: another container's on the same rootfs, to keep.
+  const kept = initial.length - mounted.length - moved.length;
   let targets: MountTarget[] = [...mounted, ...moved.reverse().map((m) => ({ rootfs: first.rootfs, path: m.path }))];
   for (let round = 0; targets.length > 0; round++) {
     try {
@@ -158,7 +159,7 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
       throw namingPath(error, 'ERR_UNMOUNT_FAILED', `unmounting the volumes of rootfs ${first.rootfs} failed`);
     }
     const left = await ofPlan(await mounter.list(first.rootfs), plan);
-    if (left.length <= wanted) return;
+    if (left.length <= kept) return;
     if (round + 1 === UNMOUNT_ROUNDS) {
       throw new ContainerVolumesError(
         'ERR_UNMOUNT_FAILED',
