@@ -1,4 +1,4 @@
-import { readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type Options } from 'execa';
 import { ContainerVolumesError } from '../errors.js';
@@ -8,16 +8,35 @@ import type { MountRequest } from '../mounter/mounter.js';
 
 /** How long a new namespace may take to appear before we give up. */
 const START_TIMEOUT_MS = 5000;
+/** How long killing may take before we give up on a process that does not die (stuck in the kernel). */
+const KILL_TIMEOUT_MS = 5000;
+
+/** Why a command was stopped before it ended on its own. */
+export type Stop = 'timeout' | 'abort';
+
+export interface RunLimits {
+  signal?: AbortSignal | undefined;
+  timeout?: number | undefined;
+}
 
 /**
  * A private mount namespace with volumes mounted in it, kept alive by a holder process
  * (`unshare --mount --propagation private sleep`). Mounts made there never reach the
- * host's namespace, and they vanish with the namespace when the holder is killed, also
- * when this process dies first: the holder gets SIGKILL as its parent-death signal.
+ * host's namespace, and they vanish with the namespace when its processes are killed,
+ * also when this process dies first: the holder and the command get SIGKILL as their
+ * parent-death signal.
  */
 export interface PrivateMounts {
-  /** Runs `argv` inside the namespace. The process is killed if this process dies. */
-  run(argv: readonly string[], options: Options): ReturnType<typeof execa>;
+  /**
+   * Runs `argv` inside the namespace. When it exits, when `timeout` passes or when
+   * `signal` aborts, every process in the namespace is killed: a child the command
+   * forked would otherwise outlive it, keep the mounts alive and hold its output pipes
+   * open.
+   */
+  run(argv: readonly string[], options: Options, limits?: RunLimits): ReturnType<typeof execa>;
+  /** Why the command was killed, if it was. */
+  readonly stopped: Stop | undefined;
+  /** Kills every process in the namespace, the holder last, and waits for the holder. */
   close(): Promise<void>;
 }
 
@@ -32,18 +51,57 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
     exited = true;
     return result;
   });
+  // An open descriptor keeps the namespace, and so its inode number, alive: without it a
+  // namespace made later could get the same number, and killing by number would hit it.
+  let pinned: number | undefined;
+  let stopped: Stop | undefined;
+  const killAll = async () => {
+    if (pinned === undefined) return;
+    await killNamespace(`mnt:[${fstatSync(pinned).ino}]`, holder.pid).catch((e: Error) =>
+      debugRuntime('killing the processes of the namespace of %d failed: %s', holder.pid, e.message),
+    );
+  };
   const close = async () => {
+    await killAll();
     holder.kill('SIGKILL');
     await done;
+    if (pinned !== undefined) closeSync(pinned);
+    pinned = undefined;
   };
   try {
     const pid = holder.pid;
     if (pid === undefined) throw new Error((await done).message);
     await untilPrivate(pid, () => exited, done);
+    pinned = openSync(`/proc/${pid}/ns/mnt`, 'r');
     if (plan.length > 0) await bindMounterIn(pid).mountAll(plan);
     debugRuntime('private mount namespace of %d has %d mounts', pid, plan.length);
     return {
-      run: (argv, options) => execa('setpriv', ['--pdeathsig', 'KILL', '--', 'nsenter', `--target=${pid}`, '--mount', '--', ...argv], options),
+      run(argv, options, { signal, timeout } = {}) {
+        const subprocess = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'nsenter', `--target=${pid}`, '--mount', '--', ...argv], options);
+        const stop = (why: Stop) => {
+          stopped ??= why;
+          // Until nsenter has entered the namespace, the command is found only by its pid.
+          subprocess.kill('SIGKILL');
+          void killAll();
+        };
+        const onAbort = () => stop('abort');
+        const timer = timeout === undefined ? undefined : setTimeout(() => stop('timeout'), timeout);
+        signal?.addEventListener('abort', onAbort, { once: true });
+        const ended = () => {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', onAbort);
+        };
+        subprocess.once('error', ended);
+        subprocess.once('exit', () => {
+          ended();
+          void killAll();
+        });
+        if (signal?.aborted) onAbort();
+        return subprocess;
+      },
+      get stopped() {
+        return stopped;
+      },
       close,
     };
   } catch (error) {
@@ -51,6 +109,47 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
     if (error instanceof ContainerVolumesError) throw error;
     throw new ContainerVolumesError('ERR_HANDLER_FAILED', `cannot make a private mount namespace: ${(error as Error).message}`, { cause: error });
   }
+}
+
+/**
+ * SIGKILLs every process in the mount namespace `ns` (as /proc/<pid>/ns/mnt reads), the
+ * holder last, until none is left: a process may fork between one scan and the kill.
+ */
+async function killNamespace(ns: string, holder: number | undefined): Promise<void> {
+  const deadline = Date.now() + KILL_TIMEOUT_MS;
+  for (;;) {
+    const found = processesIn(ns);
+    const others = found.filter((pid) => pid !== holder);
+    if (found.length === 0) return;
+    if (Date.now() > deadline) {
+      debugRuntime('processes %o of mount namespace %s did not die', found, ns);
+      return;
+    }
+    for (const pid of others.length > 0 ? others : found) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Exited since the scan.
+      }
+    }
+    await sleep(1);
+  }
+}
+
+function processesIn(ns: string): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    // Only numeric entries are processes; anything else must never reach process.kill.
+    if (!/^[1-9][0-9]{0,9}$/.test(name)) continue;
+    const pid = Number(name);
+    if (!Number.isSafeInteger(pid) || pid === process.pid) continue;
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/mnt`) === ns) pids.push(pid);
+    } catch {
+      // Gone, or a zombie: it has left its namespaces already.
+    }
+  }
+  return pids;
 }
 
 /**

@@ -15,6 +15,9 @@ import type { ContainerConfig } from '../store/container-config.js';
 import type { ContainerInfo, Mode, VolumeMount } from '../types.js';
 import { privateMounts } from './namespace.js';
 
+/** The most output of a command handler collected into its result, per stream. */
+const MAX_COLLECTED = 64 * 1024 * 1024;
+
 /** A volume as a handler sees it: the mount, plus where its data is on the host. */
 export interface HandlerVolume extends VolumeMount {
   hostPath: string;
@@ -168,24 +171,30 @@ export async function withHandlerContainer<T>(
 async function runCommand(ctx: Context, container: ContainerConfig, targetId: string, spec: CommandHandler): Promise<CommandResult> {
   const mounts = await privateMounts(planMounts(container, (id) => ctx.store.volumeDir(id)));
   try {
-    const subprocess = mounts.run(['chroot', container.rootfs, ...spec.command], {
-      reject: false,
-      stdin: spec.stdin ? 'pipe' : 'ignore',
-      ...(spec.timeout ? { timeout: spec.timeout } : {}),
-      ...(spec.signal ? { cancelSignal: spec.signal } : {}),
-      forceKillAfterDelay: 2000,
-      buffer: { stdout: !spec.stdout, stderr: !spec.stderr },
-      // Capped: a command that should be streamed must not fill this process's memory.
-      maxBuffer: 64 * 1024 * 1024,
-    });
+    const subprocess = mounts.run(
+      ['chroot', container.rootfs, ...spec.command],
+      {
+        reject: false,
+        stdin: spec.stdin ? 'pipe' : 'ignore',
+        buffer: { stdout: !spec.stdout, stderr: !spec.stderr },
+        // Capped: a command that should be streamed must not fill this process's memory.
+        maxBuffer: MAX_COLLECTED,
+      },
+      { signal: spec.signal, timeout: spec.timeout },
+    );
     if (spec.stdin) spec.stdin.pipe(subprocess.stdin as Writable);
     if (spec.stdout) subprocess.stdout?.pipe(spec.stdout, { end: false });
     if (spec.stderr) subprocess.stderr?.pipe(spec.stderr, { end: false });
     const result = await subprocess;
     const stderr = typeof result.stderr === 'string' ? result.stderr : '';
     const what = `handler command ${JSON.stringify(spec.command)} on the volumes of container ${targetId}`;
-    if (result.isCanceled) throw new HandlerError('ERR_HANDLER_ABORTED', `${what} was aborted`, { stderr });
-    if (result.timedOut) throw new HandlerError('ERR_HANDLER_TIMED_OUT', `${what} timed out after ${spec.timeout} ms`, { stderr });
+    if (mounts.stopped === 'abort') throw new HandlerError('ERR_HANDLER_ABORTED', `${what} was aborted`, { stderr }, { cause: spec.signal?.reason });
+    if (mounts.stopped === 'timeout') throw new HandlerError('ERR_HANDLER_TIMED_OUT', `${what} timed out after ${spec.timeout} ms`, { stderr });
+    if (result.isMaxBuffer) {
+      throw new HandlerError('ERR_HANDLER_FAILED', `${what} wrote more than the ${MAX_COLLECTED / 1024 / 1024} MiB of output that are collected: pass stdout and stderr streams instead`, {
+        stderr,
+      });
+    }
     if (result.exitCode !== 0) {
       const why = result.exitCode === undefined ? `was killed by ${result.signal ?? 'a signal'}` : `exited with code ${result.exitCode}`;
       throw new HandlerError('ERR_HANDLER_FAILED', `${what} ${why}${stderr ? `: ${stderr.slice(-500)}` : ''}`, {

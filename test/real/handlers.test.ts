@@ -90,6 +90,14 @@ async function world() {
 }
 type World = Awaited<ReturnType<typeof world>>;
 
+/** A busybox rootfs in the world whose shell can start background jobs: busybox sh gives them /dev/null as stdin, and fails without one. */
+async function jobsRootfs(w: World): Promise<string> {
+  const dir = await busyboxRootfs(path.join(w.dir, 'jobs-rootfs'));
+  await fsp.mkdir(path.join(dir, 'dev'));
+  await fsp.writeFile(path.join(dir, 'dev/null'), '');
+  return dir;
+}
+
 /** A container with volumes at /data, /data/nested and /logs, each holding a file. */
 async function dbWorld() {
   const w = await world();
@@ -404,23 +412,29 @@ describe('nothing survives a handler that throws, times out or is aborted', () =
     await expectNothingLeft(w, [w.db.id]);
   });
 
-  test.each(['times out', 'is aborted'])(
-    'a command whose shell has a child running when it %s: the child dies too, and the call returns soon',
-    async (how) => {
-      // `sh -c 'sleep 15; …'` forks sleep. Killing the shell alone orphans it: the orphan
-      // keeps the private namespace (and so the volumes' mounts) alive and holds the output
-      // pipes, so the call cannot end before it does.
+  test.each([
+    ['times out', 'sleep 15; echo never'],
+    ['is aborted', 'sleep 16; echo never'],
+    ['times out', 'sleep 17 & sleep 18'],
+    ['is aborted', 'sleep 19 & sleep 20'],
+  ])(
+    'a command whose shell has children running when it %s (%s): they die too, and the call returns soon',
+    async (how, script) => {
+      // The shell forks sleep. Killing the shell alone orphans it: the orphan keeps the
+      // private namespace (and so the volumes' mounts) alive and holds the output pipes,
+      // so the call cannot end before it does.
       const w = await dbWorld();
+      const rootfs = await jobsRootfs(w);
       const controller = new AbortController();
-      const seconds = how === 'times out' ? 15 : 16;
       const started = Date.now();
       const settled = w.runtime.runHandler(w.db.id, {
-        command: ['/bin/sh', '-c', `sleep ${seconds}; echo never`],
-        rootfs: bb,
+        command: ['/bin/sh', '-c', script],
+        rootfs,
         ...(how === 'times out' ? { timeout: 300 } : { signal: controller.signal }),
       });
       if (how === 'is aborted') {
-        await until('the child to run', () => ourProcesses([bb]).some((p) => p.args === `sleep ${seconds}`));
+        const firstChild = /^sleep \d+/.exec(script)![0];
+        await until('the child to run', () => ourProcesses([rootfs]).some((p) => p.args === firstChild));
         controller.abort();
       }
       const error = await expectCode(settled, how === 'times out' ? 'ERR_HANDLER_TIMED_OUT' : 'ERR_HANDLER_ABORTED');
@@ -431,6 +445,16 @@ describe('nothing survives a handler that throws, times out or is aborted', () =
     },
     60_000,
   );
+
+  test('a command that exits leaving a child in the background: the call returns when it exits, and the child is killed', async () => {
+    const w = await dbWorld();
+    const rootfs = await jobsRootfs(w);
+    const started = Date.now();
+    const result = await w.runtime.runHandler(w.db.id, { command: ['/bin/sh', '-c', 'sleep 21 & echo started'], rootfs });
+    expect(result).toEqual({ exitCode: 0, stdout: 'started', stderr: '' });
+    expect(Date.now() - started).toBeLessThan(8_000);
+    await expectNothingLeft(w, [w.db.id]);
+  });
 
   test('aborting a function handler rejects at once with ERR_HANDLER_ABORTED and removes its container; the handler sees the signal', async () => {
     const w = await dbWorld();
