@@ -133,7 +133,7 @@ function commandHandler(given: object): CommandHandler {
  * Creates the transient container that shares the target's volumes, runs `body`, and
  * removes the container whatever happens. While it exists the volumes are in use, so
  * they cannot be removed or pruned. It records this process, so that recover() removes
- * it if the process dies first.
+ * it if the process dies first. `body` also gets the target's configuration, with its own modes.
  */
 export async function withHandlerContainer<T>(
   ctx: Context,
@@ -141,23 +141,25 @@ export async function withHandlerContainer<T>(
   mode: Mode | undefined,
   rootfs: string | undefined,
   signal: AbortSignal | undefined,
-  body: (container: ContainerConfig, volumes: HandlerVolume[]) => Promise<T>,
+  body: (container: ContainerConfig, volumes: HandlerVolume[], target: ContainerConfig) => Promise<T>,
 ): Promise<T> {
   throwIfAborted(signal);
   const scratch = rootfs ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-handler-')));
   try {
-    const container = await ctx.store.exclusive(() =>
-      createContainer(ctx, {
+    // The target is read under the same lock: its configuration is then exactly what the handler container shares.
+    const { container, target } = await ctx.store.exclusive(async () => ({
+      target: await ctx.store.readContainer(targetId),
+      container: await createContainer(ctx, {
         rootfs: scratch,
         paths: [],
         volumesFrom: [{ containerId: targetId, mode }],
         copyUp: false,
         handler: { handler: { pid: process.pid, bootId: currentBootId() } },
       }),
-    );
+    }));
     try {
       const volumes = container.volumes.map((v) => ({ ...v, origin: { from: targetId }, hostPath: ctx.store.volumeDir(v.volumeId) }));
-      return await body(container, volumes);
+      return await body(container, volumes, target);
     } finally {
       await ctx.store
         .exclusive(() => removeContainer(ctx, container.id, true, false))
@@ -208,7 +210,7 @@ async function runCommand(ctx: Context, container: ContainerConfig, targetId: st
   }
 }
 
-function throwIfAborted(signal: AbortSignal | undefined): void {
+export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new HandlerError('ERR_HANDLER_ABORTED', 'the handler was aborted before it started', {}, { cause: signal.reason });
 }
 
