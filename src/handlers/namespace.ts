@@ -36,7 +36,7 @@ export interface PrivateMounts {
   run(argv: readonly string[], options: Options, limits?: RunLimits): ReturnType<typeof execa>;
   /** Why the command was killed, if it was. */
   readonly stopped: Stop | undefined;
-  /** Kills every process in the namespace, the holder last, and waits for the holder. */
+  /** Kills every process in the namespace and waits for the holder. */
   close(): Promise<void>;
 }
 
@@ -57,7 +57,7 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
   let stopped: Stop | undefined;
   const killAll = async () => {
     if (pinned === undefined) return;
-    await killNamespace(`mnt:[${fstatSync(pinned).ino}]`, holder.pid).catch((e: Error) =>
+    await killNamespace(`mnt:[${fstatSync(pinned).ino}]`).catch((e: Error) =>
       debugRuntime('killing the processes of the namespace of %d failed: %s', holder.pid, e.message),
     );
   };
@@ -71,8 +71,10 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
   try {
     const pid = holder.pid;
     if (pid === undefined) throw new Error((await done).message);
-    await untilPrivate(pid, () => exited, done);
+    const ns = await untilPrivate(pid, () => exited, done);
     pinned = openSync(`/proc/${pid}/ns/mnt`, 'r');
+    // Had the holder died and its pid been reused in between, we would kill in another namespace.
+    if (`mnt:[${fstatSync(pinned).ino}]` !== ns) throw new Error(`the namespace holder ${pid} went away`);
     if (plan.length > 0) await bindMounterIn(pid).mountAll(plan);
     debugRuntime('private mount namespace of %d has %d mounts', pid, plan.length);
     return {
@@ -112,20 +114,19 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
 }
 
 /**
- * SIGKILLs every process in the mount namespace `ns` (as /proc/<pid>/ns/mnt reads), the
- * holder last, until none is left: a process may fork between one scan and the kill.
+ * SIGKILLs every process in the mount namespace `ns` (as /proc/<pid>/ns/mnt reads) until
+ * none is left: a process may fork between one scan and the kill.
  */
-async function killNamespace(ns: string, holder: number | undefined): Promise<void> {
+async function killNamespace(ns: string): Promise<void> {
   const deadline = Date.now() + KILL_TIMEOUT_MS;
   for (;;) {
     const found = processesIn(ns);
-    const others = found.filter((pid) => pid !== holder);
     if (found.length === 0) return;
     if (Date.now() > deadline) {
       debugRuntime('processes %o of mount namespace %s did not die', found, ns);
       return;
     }
-    for (const pid of others.length > 0 ? others : found) {
+    for (const pid of found) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -155,15 +156,16 @@ function processesIn(ns: string): number[] {
 /**
  * Waits until the holder is in a new namespace whose mounts are all private: unshare
  * switches namespaces first and changes propagation after, and a mount made in between
- * could propagate back to the host.
+ * could propagate back to the host. Resolves to the namespace, as /proc/<pid>/ns/mnt reads.
  */
-async function untilPrivate(pid: number, exited: () => boolean, done: Promise<{ stderr?: unknown }>): Promise<void> {
+async function untilPrivate(pid: number, exited: () => boolean, done: Promise<{ stderr?: unknown }>): Promise<string> {
   const own = readlinkSync('/proc/self/ns/mnt');
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (exited()) throw new Error(`unshare exited: ${String((await done).stderr ?? '').trim()}`);
     try {
-      if (readlinkSync(`/proc/${pid}/ns/mnt`) !== own && !/ shared:/.test(readFileSync(`/proc/${pid}/mountinfo`, 'utf8'))) return;
+      const ns = readlinkSync(`/proc/${pid}/ns/mnt`);
+      if (ns !== own && !/ shared:/.test(readFileSync(`/proc/${pid}/mountinfo`, 'utf8'))) return ns;
     } catch {
       // Between fork and exec the files may not be readable yet.
     }
