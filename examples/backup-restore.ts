@@ -137,7 +137,7 @@ try {
     const { stdout: members } = await execa('tar', ['--list', `--file=${archive}`]);
     const listed = members.split('\n');
     console.log(`archive db.tar: ${mb(size)} (the WAL's hole is not stored), ${listed.length} members, the first ${listed[0]}`);
-    console.log(`manifest: container ${manifest.containerId}, volumes ${manifest.volumes.map((v) => `${v.path} (${v.volumeId})`).join(', ')}`);
+    console.log(`manifest: container ${manifest.containerId}, volumes ${manifest.volumes.map((v) => `${v.path} (${v.mode}, ${v.volumeId})`).join(', ')}`);
 
     // A fresh container, restored from the archive.
     const restoreBar = progressBar('restore');

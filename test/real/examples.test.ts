@@ -33,6 +33,8 @@ const expectedLines: Record<string, RegExp[]> = {
     /^removing volume [0-9a-f-]{36} while a handler uses it: refused with ERR_VOLUME_IN_USE$/m,
     /^backup +\[#{24}\] 100% {2}2\.0 MB \/ 2\.0 MB$/m,
     /^archive db\.tar: 2\.0 MB \(the WAL's hole is not stored\), 11 members, the first container-volumes-backup\.json$/m,
+    // The container's own modes, not those of the read-only share backup reads through.
+    /^manifest: container [0-9a-f-]{36}, volumes \/var\/log \(rw, [0-9a-f-]{36}\), \/var\/lib\/postgres \(rw, [0-9a-f-]{36}\)$/m,
     /^restore +\[#{24}\] 100% {2}2\.0 MB \/ 2\.0 MB$/m,
     /^restored [0-9a-f-]{36}: \/var\/log → new volume [0-9a-f-]{36} \(rw\), \/var\/lib\/postgres → new volume [0-9a-f-]{36} \(rw\)$/m,
     /^restored container reads \/var\/lib\/postgres\/PG_VERSION: 16$/m,
