@@ -17,6 +17,8 @@ import { privateMounts } from './namespace.js';
 
 /** The most output of a command handler collected into its result, per stream. */
 const MAX_COLLECTED = 64 * 1024 * 1024;
+/** setTimeout's limit (about 24.8 days): a longer delay fires at once. */
+const MAX_TIMEOUT = 2 ** 31 - 1;
 
 /** A volume as a handler sees it: the mount, plus where its data is on the host. */
 export interface HandlerVolume extends VolumeMount {
@@ -116,8 +118,8 @@ function commandHandler(given: object): CommandHandler {
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/')) {
     throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `a command handler needs an absolute rootfs holding its program, got ${describe(rootfs)}`);
   }
-  if (timeout !== undefined && !(Number.isSafeInteger(timeout) && timeout > 0)) {
-    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `timeout must be a positive whole number of milliseconds, got ${describe(timeout)}`);
+  if (timeout !== undefined && !(Number.isSafeInteger(timeout) && timeout > 0 && timeout <= MAX_TIMEOUT)) {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `timeout must be a whole number of milliseconds from 1 to ${MAX_TIMEOUT}, got ${describe(timeout)}`);
   }
   for (const name of ['stdin', 'stdout', 'stderr'] as const) {
     const stream = spec[name];

@@ -1238,6 +1238,7 @@ describe('bad input to runHandler, backup and restore: a coded error and an unch
     ['command: fractional timeout', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, timeout: 1.5 })],
     ['command: timeout NaN', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, timeout: Number.NaN })],
     ['command: timeout Infinity', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, timeout: Infinity })],
+    ['command: timeout over 2^31-1 ms (setTimeout would fire at once)', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, timeout: 2 ** 31 })],
     ['command: timeout a string', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, timeout: '100' })],
     ['command: bad mode', 'ERR_INVALID_MODE', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, mode: 'rx' })],
     ['command: bad signal', 'ERR_INVALID_ARGUMENT', (w) => anyRuntime(w).runHandler(w.db.id, { command: ['/bin/true'], rootfs: bb, signal: 'stop' })],
