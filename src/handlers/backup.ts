@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +15,7 @@ import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { Mode } from '../types.js';
 import { privateMounts } from './namespace.js';
-import { HandlerError, untilAborted, withHandlerContainer } from './run-handler.js';
+import { HandlerError, throwIfAborted, withHandlerContainer } from './run-handler.js';
 
 /** The first member of every backup archive: what it holds. */
 export const MANIFEST_NAME = 'container-volumes-backup.json';
@@ -57,31 +57,46 @@ export async function backup(ctx: Context, containerId: string, destination: unk
   checkId(containerId, 'container');
   const target = archivePath(destination, 'destination');
   const { onProgress, signal } = progressOptions(options, ['onProgress', 'signal']);
-  return withHandlerContainer(ctx, containerId, 'ro', undefined, signal, async (container, volumes) => {
-    const manifest: BackupManifest = {
-      format: 'container-volumes-backup',
-      version: 1,
-      createdAt: new Date().toISOString(),
-      containerId,
-      volumes: volumes.map(({ path: p, mode, volumeId }) => ({ path: p, mode, volumeId })),
-    };
-    const bytesTotal = await estimateArchiveSize(volumes.map((v) => v.hostPath));
-    const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-backup-'));
-    const partial = `${target}.partial`;
-    try {
-      await fs.writeFile(path.join(scratch, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`);
-      const tar = ['tar', '--create', '--file=-', '--sparse', '--numeric-owner', '--xattrs', '--acls', '--format=posix'];
-      tar.push(`--directory=${scratch}`, MANIFEST_NAME, `--directory=${container.rootfs}`, '--', ...outermost(manifest.volumes));
-      await runTar(ctx, container, tar, { stdout: createWriteStream(partial, { mode: 0o600 }), bytesTotal, onProgress, signal });
-      await fs.rename(partial, target);
-      return manifest;
-    } catch (error) {
-      await fs.rm(partial, { force: true });
-      throw error;
-    } finally {
-      await fs.rm(scratch, { recursive: true, force: true });
-    }
+  throwIfAborted(signal);
+  const partial = `${target}.partial`;
+  // Opened first: a destination that cannot be written is the caller's mistake, found
+  // before any container exists, and not an error event of a stream nobody listens to.
+  const output = await fs.open(partial, 'w', 0o600).catch((error: NodeJS.ErrnoException) => {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `cannot write the backup next to ${target}: ${error.message}`, { cause: error });
   });
+  try {
+    const manifest = await withHandlerContainer(ctx, containerId, 'ro', undefined, signal, async (container, volumes, source) => {
+      const manifest: BackupManifest = {
+        format: 'container-volumes-backup',
+        version: 1,
+        createdAt: new Date().toISOString(),
+        containerId,
+        // The source's own modes: the handler container's are all 'ro'.
+        volumes: source.volumes.map(({ path: p, mode, volumeId }) => ({ path: p, mode, volumeId })),
+      };
+      const bytesTotal = await estimateArchiveSize(volumes.map((v) => v.hostPath));
+      const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-backup-'));
+      try {
+        await fs.writeFile(path.join(scratch, MANIFEST_NAME), `${JSON.stringify(manifest, null, 2)}\n`);
+        const members = outermost(manifest.volumes);
+        const tar = ['tar', '--create', '--file=-', '--sparse', '--numeric-owner', '--xattrs', '--acls', '--format=posix'];
+        tar.push(`--directory=${scratch}`, MANIFEST_NAME);
+        // GNU tar refuses a --directory with no member after it.
+        if (members.length > 0) tar.push(`--directory=${container.rootfs}`, '--', ...members);
+        await runTar(ctx, container, tar, { stdout: output.createWriteStream(), bytesTotal, onProgress, signal });
+        return manifest;
+      } finally {
+        await fs.rm(scratch, { recursive: true, force: true });
+      }
+    });
+    await fs.rename(partial, target);
+    return manifest;
+  } catch (error) {
+    await fs.rm(partial, { force: true });
+    throw error;
+  } finally {
+    await output.close();
+  }
 }
 
 /**
@@ -99,10 +114,13 @@ export async function restore(ctx: Context, archive: unknown, options: unknown):
   const config = await ctx.store.exclusive(() =>
     createContainer(ctx, { rootfs, paths: manifest.volumes.map((v) => v.path), volumesFrom: [], copyUp: false }),
   );
+  const members = outermost(manifest.volumes);
+  // Without volumes there is nothing to extract, and tar given no member would extract every one.
+  if (members.length === 0) return config;
   const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-restore-'));
   try {
     const tar = ['tar', '--extract', '--file=-', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--acls'];
-    tar.push(`--directory=${scratch}`, `--exclude=${MANIFEST_NAME}`, '--', ...outermost(manifest.volumes));
+    tar.push(`--directory=${scratch}`, `--exclude=${MANIFEST_NAME}`, '--', ...members);
     await runTar(ctx, { ...config, rootfs: scratch }, tar, { stdin: createReadStream(source), bytesTotal, onProgress, signal });
     return config;
   } catch (error) {
@@ -140,28 +158,34 @@ async function runTar(ctx: Context, container: ContainerConfig, argv: string[], 
         callback(null, chunk);
       },
     });
-    const subprocess = mounts.run(argv, {
-      reject: false,
-      stdin: io.stdin ? 'pipe' : 'ignore',
-      stdout: io.stdout ? 'pipe' : 'ignore',
-      buffer: { stdout: false, stderr: true },
-      env: { LC_ALL: 'C' },
-      ...(io.signal ? { cancelSignal: io.signal } : {}),
-    });
+    const subprocess = mounts.run(
+      argv,
+      {
+        reject: false,
+        stdin: io.stdin ? 'pipe' : 'ignore',
+        stdout: io.stdout ? 'pipe' : 'ignore',
+        buffer: { stdout: false, stderr: true },
+        env: { LC_ALL: 'C' },
+      },
+      { signal: io.signal },
+    );
     const streaming = io.stdin
       ? pipeline(io.stdin, counter, subprocess.stdin as Writable)
       : pipeline(subprocess.stdout as Readable, counter, io.stdout as Writable);
-    const [result, streamError] = await Promise.all([subprocess, untilAborted(streaming, io.signal).then(() => undefined, (e: unknown) => e)]);
+    const [result, streamError] = await Promise.all([subprocess, streaming.then(() => undefined, (e: NodeJS.ErrnoException) => e)]);
     const stderr = typeof result.stderr === 'string' ? result.stderr : '';
-    if (result.isCanceled) throw new HandlerError('ERR_HANDLER_ABORTED', `${argv[1]} was aborted`, { stderr });
+    if (mounts.stopped === 'abort') throw new HandlerError('ERR_HANDLER_ABORTED', `${argv[1]} was aborted`, { stderr }, { cause: io.signal?.reason });
+    // tar stops reading at the end of the archive, so data after it (padding) breaks the pipe into it.
+    const tarStoppedReading = io.stdin !== undefined && BROKEN_PIPE.has(streamError?.code ?? '');
+    // Before tar's status: tar fails too when our end fails (ENOSPC), and only says "broken pipe".
+    if (streamError && !tarStoppedReading) {
+      throw new HandlerError('ERR_HANDLER_FAILED', `tar ${argv[1]}: the archive stream failed: ${streamError.message}`, { stderr }, { cause: streamError });
+    }
     if (result.exitCode !== 0) {
       throw new HandlerError('ERR_HANDLER_FAILED', `tar ${argv[1]} failed (exit code ${result.exitCode}): ${stderr.slice(-500)}`, {
         ...(result.exitCode === undefined ? {} : { exitCode: result.exitCode }),
         stderr,
       });
-    }
-    if (streamError) {
-      throw new HandlerError('ERR_HANDLER_FAILED', `tar ${argv[1]}: the archive stream failed: ${(streamError as Error).message}`, {}, { cause: streamError });
     }
     io.onProgress?.({ bytesDone, bytesTotal: bytesDone });
   } finally {
@@ -169,9 +193,20 @@ async function runTar(ctx: Context, container: ContainerConfig, argv: string[], 
   }
 }
 
+/** How writing into a subprocess that has closed its stdin fails. */
+const BROKEN_PIPE = new Set(['EPIPE', 'ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
+
 /** Reads and checks the manifest, the one thing in an archive that becomes paths before tar runs. */
 async function readManifest(archive: string): Promise<BackupManifest> {
   const invalid = (why: string) => new ContainerVolumesError('ERR_INVALID_ARCHIVE', `${archive} is not a container-volumes backup: ${why}`);
+  // tar would decompress the manifest from a file but not the archive from a pipe: refuse it here, and say why.
+  const header = await firstBlock(archive).catch((error: Error) => {
+    throw invalid(`it cannot be read (${error.message})`);
+  });
+  if (header.toString('latin1', 257, 262) !== 'ustar') {
+    const compressed = COMPRESSED.find(([, magic]) => magic.every((byte, i) => header[i] === byte));
+    throw invalid(compressed ? `it is compressed (${compressed[0]}): decompress it first` : 'it is not an uncompressed POSIX tar archive');
+  }
   const result = await execa('tar', ['--extract', '--to-stdout', `--file=${archive}`, '--', MANIFEST_NAME], {
     reject: false,
     stdin: 'ignore',
@@ -201,6 +236,26 @@ async function readManifest(archive: string): Promise<BackupManifest> {
   });
   if (new Set(volumes.map((v) => v.path)).size !== volumes.length) throw invalid('two volumes share a path');
   return { ...(m as BackupManifest), volumes };
+}
+
+/** The magic numbers of the compressors whose output a backup may be mistaken for. */
+const COMPRESSED: [string, number[]][] = [
+  ['gzip', [0x1f, 0x8b]],
+  ['bzip2', [0x42, 0x5a, 0x68]],
+  ['xz', [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]],
+  ['zstd', [0x28, 0xb5, 0x2f, 0xfd]],
+];
+
+/** The first 512-byte block of `file`: a tar header, in a tar archive (zero-filled if the file is shorter). */
+async function firstBlock(file: string): Promise<Buffer> {
+  const handle = await fs.open(file, 'r');
+  try {
+    const block = Buffer.alloc(512);
+    await handle.read(block, 0, block.length, 0);
+    return block;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Roughly what tar will write: a header per entry and the allocated data of each file. */

@@ -15,6 +15,11 @@ import type { ContainerConfig } from '../store/container-config.js';
 import type { ContainerInfo, Mode, VolumeMount } from '../types.js';
 import { privateMounts } from './namespace.js';
 
+/** The most output of a command handler collected into its result, per stream. */
+const MAX_COLLECTED = 64 * 1024 * 1024;
+/** setTimeout's limit (about 24.8 days): a longer delay fires at once. */
+const MAX_TIMEOUT = 2 ** 31 - 1;
+
 /** A volume as a handler sees it: the mount, plus where its data is on the host. */
 export interface HandlerVolume extends VolumeMount {
   hostPath: string;
@@ -113,8 +118,8 @@ function commandHandler(given: object): CommandHandler {
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/')) {
     throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `a command handler needs an absolute rootfs holding its program, got ${describe(rootfs)}`);
   }
-  if (timeout !== undefined && !(Number.isSafeInteger(timeout) && timeout > 0)) {
-    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `timeout must be a positive whole number of milliseconds, got ${describe(timeout)}`);
+  if (timeout !== undefined && !(Number.isSafeInteger(timeout) && timeout > 0 && timeout <= MAX_TIMEOUT)) {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `timeout must be a whole number of milliseconds from 1 to ${MAX_TIMEOUT}, got ${describe(timeout)}`);
   }
   for (const name of ['stdin', 'stdout', 'stderr'] as const) {
     const stream = spec[name];
@@ -130,7 +135,7 @@ function commandHandler(given: object): CommandHandler {
  * Creates the transient container that shares the target's volumes, runs `body`, and
  * removes the container whatever happens. While it exists the volumes are in use, so
  * they cannot be removed or pruned. It records this process, so that recover() removes
- * it if the process dies first.
+ * it if the process dies first. `body` also gets the target's configuration, with its own modes.
  */
 export async function withHandlerContainer<T>(
   ctx: Context,
@@ -138,23 +143,25 @@ export async function withHandlerContainer<T>(
   mode: Mode | undefined,
   rootfs: string | undefined,
   signal: AbortSignal | undefined,
-  body: (container: ContainerConfig, volumes: HandlerVolume[]) => Promise<T>,
+  body: (container: ContainerConfig, volumes: HandlerVolume[], target: ContainerConfig) => Promise<T>,
 ): Promise<T> {
   throwIfAborted(signal);
   const scratch = rootfs ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-handler-')));
   try {
-    const container = await ctx.store.exclusive(() =>
-      createContainer(ctx, {
+    // The target is read under the same lock: its configuration is then exactly what the handler container shares.
+    const { container, target } = await ctx.store.exclusive(async () => ({
+      target: await ctx.store.readContainer(targetId),
+      container: await createContainer(ctx, {
         rootfs: scratch,
         paths: [],
         volumesFrom: [{ containerId: targetId, mode }],
         copyUp: false,
         handler: { handler: { pid: process.pid, bootId: currentBootId() } },
       }),
-    );
+    }));
     try {
       const volumes = container.volumes.map((v) => ({ ...v, origin: { from: targetId }, hostPath: ctx.store.volumeDir(v.volumeId) }));
-      return await body(container, volumes);
+      return await body(container, volumes, target);
     } finally {
       await ctx.store
         .exclusive(() => removeContainer(ctx, container.id, true, false))
@@ -168,24 +175,30 @@ export async function withHandlerContainer<T>(
 async function runCommand(ctx: Context, container: ContainerConfig, targetId: string, spec: CommandHandler): Promise<CommandResult> {
   const mounts = await privateMounts(planMounts(container, (id) => ctx.store.volumeDir(id)));
   try {
-    const subprocess = mounts.run(['chroot', container.rootfs, ...spec.command], {
-      reject: false,
-      stdin: spec.stdin ? 'pipe' : 'ignore',
-      ...(spec.timeout ? { timeout: spec.timeout } : {}),
-      ...(spec.signal ? { cancelSignal: spec.signal } : {}),
-      forceKillAfterDelay: 2000,
-      buffer: { stdout: !spec.stdout, stderr: !spec.stderr },
-      // Capped: a command that should be streamed must not fill this process's memory.
-      maxBuffer: 64 * 1024 * 1024,
-    });
+    const subprocess = mounts.run(
+      ['chroot', container.rootfs, ...spec.command],
+      {
+        reject: false,
+        stdin: spec.stdin ? 'pipe' : 'ignore',
+        buffer: { stdout: !spec.stdout, stderr: !spec.stderr },
+        // Capped: a command that should be streamed must not fill this process's memory.
+        maxBuffer: MAX_COLLECTED,
+      },
+      { signal: spec.signal, timeout: spec.timeout },
+    );
     if (spec.stdin) spec.stdin.pipe(subprocess.stdin as Writable);
     if (spec.stdout) subprocess.stdout?.pipe(spec.stdout, { end: false });
     if (spec.stderr) subprocess.stderr?.pipe(spec.stderr, { end: false });
     const result = await subprocess;
     const stderr = typeof result.stderr === 'string' ? result.stderr : '';
     const what = `handler command ${JSON.stringify(spec.command)} on the volumes of container ${targetId}`;
-    if (result.isCanceled) throw new HandlerError('ERR_HANDLER_ABORTED', `${what} was aborted`, { stderr });
-    if (result.timedOut) throw new HandlerError('ERR_HANDLER_TIMED_OUT', `${what} timed out after ${spec.timeout} ms`, { stderr });
+    if (mounts.stopped === 'abort') throw new HandlerError('ERR_HANDLER_ABORTED', `${what} was aborted`, { stderr }, { cause: spec.signal?.reason });
+    if (mounts.stopped === 'timeout') throw new HandlerError('ERR_HANDLER_TIMED_OUT', `${what} timed out after ${spec.timeout} ms`, { stderr });
+    if (result.isMaxBuffer) {
+      throw new HandlerError('ERR_HANDLER_FAILED', `${what} wrote more than the ${MAX_COLLECTED / 1024 / 1024} MiB of output that are collected: pass stdout and stderr streams instead`, {
+        stderr,
+      });
+    }
     if (result.exitCode !== 0) {
       const why = result.exitCode === undefined ? `was killed by ${result.signal ?? 'a signal'}` : `exited with code ${result.exitCode}`;
       throw new HandlerError('ERR_HANDLER_FAILED', `${what} ${why}${stderr ? `: ${stderr.slice(-500)}` : ''}`, {
@@ -199,7 +212,7 @@ async function runCommand(ctx: Context, container: ContainerConfig, targetId: st
   }
 }
 
-function throwIfAborted(signal: AbortSignal | undefined): void {
+export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new HandlerError('ERR_HANDLER_ABORTED', 'the handler was aborted before it started', {}, { cause: signal.reason });
 }
 

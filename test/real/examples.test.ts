@@ -29,6 +29,20 @@ const expectedLines: Record<string, RegExp[]> = {
     /^reader writing \/var\/log\/reader\.log: refused with EROFS$/m,
     /^after removal: 0 containers, 0 volumes$/m,
   ],
+  'backup-restore.ts': [
+    /^removing volume [0-9a-f-]{36} while a handler uses it: refused with ERR_VOLUME_IN_USE$/m,
+    /^backup +\[#{24}\] 100% {2}2\.0 MB \/ 2\.0 MB$/m,
+    /^archive db\.tar: 2\.0 MB \(the WAL's hole is not stored\), 11 members, the first container-volumes-backup\.json$/m,
+    // The container's own modes, not those of the read-only share backup reads through.
+    /^manifest: container [0-9a-f-]{36}, volumes \/var\/log \(rw, [0-9a-f-]{36}\), \/var\/lib\/postgres \(rw, [0-9a-f-]{36}\)$/m,
+    /^restore +\[#{24}\] 100% {2}2\.0 MB \/ 2\.0 MB$/m,
+    /^restored [0-9a-f-]{36}: \/var\/log → new volume [0-9a-f-]{36} \(rw\), \/var\/lib\/postgres → new volume [0-9a-f-]{36} \(rw\)$/m,
+    /^restored container reads \/var\/lib\/postgres\/PG_VERSION: 16$/m,
+    /^\/var\/log: files 1, fingerprint ([0-9a-f]{16}) in db, \1 restored: same$/m,
+    /^\/var\/lib\/postgres: files 3, fingerprint ([0-9a-f]{16}) in db, \1 restored: same$/m,
+    /^after removal: 0 containers, 0 volumes$/m,
+    /^backup-restore done: temporary directories deleted$/m,
+  ],
 };
 
 let tmp: string;
@@ -43,8 +57,8 @@ afterAll(() => {
 });
 
 describe('examples/', () => {
-  test('there is at least the seed story', () => {
-    expect(examples).toContain('seed-story.ts');
+  test('there is at least the seed story and the backup-restore story', () => {
+    expect(examples).toEqual(expect.arrayContaining(['seed-story.ts', 'backup-restore.ts']));
   });
 
   test.each(examples)('%s runs to the end with real bind mounts and cleans up', (name) => {
