@@ -8,15 +8,9 @@
 // Prints {"op":"running","container":<handler container id>} once a function handler
 // runs (a command handler cannot tell when its command has started: the harness watches
 // for the process instead), then never finishes on its own.
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { loadDist } from './worker.mjs';
 
-const distUrl = new URL('../../dist/index.js', import.meta.url);
-if (!fs.existsSync(fileURLToPath(distUrl))) {
-  process.stderr.write(`handler-worker: ${fileURLToPath(distUrl)} is missing: build the package first with \`npx tsup\`\n`);
-  process.exit(2);
-}
-const { BindMounter, ContainerRuntime } = await import(distUrl.href);
+const { BindMounter, ContainerRuntime } = await loadDist('handler-worker');
 
 const print = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
 const [root, containerId, kind, rootfs, ...argv] = process.argv.slice(2);
