@@ -32,7 +32,7 @@ export async function readSources(ctx: Context, specs: readonly VolumesFromSpec[
 }
 
 export async function createContainer(ctx: Context, request: CreateRequest): Promise<ContainerConfig> {
-  const rootfs = await checkRootfs(request.rootfs, ctx.store.root);
+  const rootfs = checkRootfs(request.rootfs, ctx.store.root);
   const shared = sharedMounts(await readSources(ctx, request.volumesFrom));
   // A path a shared volume already covers gets no new volume: the shared data stays visible (Docker).
   const anonymous = request.paths.filter((path) => !shared.some((s) => s.path === path));

@@ -73,7 +73,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
     }
     await ctx.store.clearPending(containerId);
   }
-  await ctx.store.rebuildIndex();
+  await ctx.store.repairIndex(configs);
 
   await ctx.mounter.recover?.();
   const volumesDir = path.join(ctx.store.root, 'volumes');

@@ -141,10 +141,10 @@ export class VolumeManager {
       // Only volumes whose last user went away can be unused, or volumes of a create
       // that a killed process left pending (under the lock, no create is under way).
       const pending = await ctx.store.readPending();
-      const candidates = new Set([...(await ctx.store.index.unused()), ...pending.flatMap((record) => record.volumeIds)]);
+      const candidates = new Set([...ctx.store.index.unused(), ...pending.flatMap((record) => record.volumeIds)]);
       for (const id of candidates) {
         if (!(await ctx.store.volumeExists(id)) || (await volumeUsers(ctx, id, true)).length > 0) {
-          await ctx.store.index.forget(id, { refs: false });
+          ctx.store.index.forget(id, { refs: false });
           continue;
         }
         try {

@@ -28,7 +28,6 @@ export async function makeVolumes(
       made.push(volume);
       await prepareVolumeContent(rootfs, volume.path, ctx.store.volumeDir(volume.volumeId), copyUp);
     }
-    await ctx.store.syncVolumes();
     return made;
   } catch (error) {
     await discardVolumes(ctx, containerId, made);
@@ -53,14 +52,14 @@ export async function volumeUsers(ctx: Context, volumeId: string, prune = false)
   await ctx.store.open();
   const index = ctx.store.index;
   const users: { use: VolumeUse; createdAt: string }[] = [];
-  for (const containerId of await index.candidates(volumeId)) {
+  for (const containerId of index.candidates(volumeId)) {
     const config = await ctx.store.readContainer(containerId).catch((error: unknown) => {
       if (error instanceof ContainerVolumesError && error.code === 'ERR_CONTAINER_NOT_FOUND') return undefined;
       throw error;
     });
     const use = config?.volumes.find((v) => v.volumeId === volumeId);
     if (config && use) users.push({ use: { containerId, path: use.path, mode: use.mode }, createdAt: config.createdAt });
-    else if (prune) await index.remove(containerId, [volumeId]);
+    else if (prune) index.remove(containerId, [volumeId]);
   }
   // Oldest container first, as list() orders them.
   users.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.use.containerId.localeCompare(b.use.containerId));

@@ -55,18 +55,23 @@ export async function withStoreLock<T>(root: string, fn: () => Promise<T>): Prom
 async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
   const state: { lost?: Error } = {};
   let release: () => Promise<void>;
+  const options = {
+    lockfilePath: path.join(root, 'lock'),
+    realpath: false,
+    stale: STALE_MS,
+    update: UPDATE_MS,
+    // The default throws from a timer and would crash the embedding process.
+    onCompromised: (error: Error) => {
+      state.lost = error;
+      debugLock('lock on %s compromised: %s', root, error.message);
+    },
+  };
   try {
-    release = await lockfile.lock(root, {
-      lockfilePath: path.join(root, 'lock'),
-      realpath: false,
-      stale: STALE_MS,
-      update: UPDATE_MS,
-      retries: RETRIES,
-      // The default throws from a timer and would crash the embedding process.
-      onCompromised: (error) => {
-        state.lost = error;
-        debugLock('lock on %s compromised: %s', root, error.message);
-      },
+    // One try first: with 3,000 retries, the retry library computes every back-off
+    // delay up front, which cost more than taking a free lock.
+    release = await lockfile.lock(root, { ...options, retries: 0 }).catch((error: unknown) => {
+      if ((error as { code?: unknown }).code !== 'ELOCKED') throw error;
+      return lockfile.lock(root, { ...options, retries: RETRIES });
     });
   } catch (error) {
     throw new ContainerVolumesError('ERR_LOCK_FAILED', `cannot lock the store at ${root}: ${(error as Error).message}`, {

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { mkdirSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
@@ -22,6 +23,9 @@ import type { ContainerConfig } from './container-config.js';
  * configurations, as it is when it is missing (a store made by an older version) and
  * on every `recover()`.
  */
+/** How many index files `rebuild` writes between two turns of the event loop. */
+const YIELD_EVERY = 512;
+
 export class ReferenceIndex {
   private readonly dir: string;
   private current = false;
@@ -51,14 +55,25 @@ export class ReferenceIndex {
     await fs.mkdir(path.join(fresh, 'refs'), { recursive: true, mode: 0o700 });
     await fs.mkdir(path.join(fresh, 'unused'), { mode: 0o700 });
     const used = new Set<string>();
+    let written = 0;
+    // Synchronous small writes (see `add`), with a turn of the event loop now and then,
+    // so that a large store does not hold up the embedding process in one stretch.
+    const wrote = async () => {
+      if (++written % YIELD_EVERY === 0) await new Promise((resolve) => setImmediate(resolve));
+    };
     for (const config of configs) {
       for (const { volumeId } of config.volumes) {
+        if (!used.has(volumeId)) mkdirSync(path.join(fresh, 'refs', volumeId));
         used.add(volumeId);
-        await fs.mkdir(path.join(fresh, 'refs', volumeId), { recursive: true });
-        await fs.writeFile(path.join(fresh, 'refs', volumeId, config.id), '');
+        writeFileSync(path.join(fresh, 'refs', volumeId, config.id), '');
+        await wrote();
       }
     }
-    for (const volumeId of volumeIds) if (!used.has(volumeId)) await fs.writeFile(path.join(fresh, 'unused', volumeId), '');
+    for (const volumeId of volumeIds) {
+      if (used.has(volumeId)) continue;
+      writeFileSync(path.join(fresh, 'unused', volumeId), '');
+      await wrote();
+    }
     await fs.writeFile(path.join(fresh, 'boot-id'), bootId);
     await fs.rename(this.dir, trash).catch((error: unknown) => {
       if (!isErrnoException(error, 'ENOENT')) throw error;
@@ -69,41 +84,73 @@ export class ReferenceIndex {
     debugStore('rebuilt the reference index: %d containers, %d volumes', configs.length, volumeIds.length);
   }
 
-  /** Records that `containerId` uses `volumeIds`; call before writing the configuration. */
-  async add(containerId: string, volumeIds: readonly string[]): Promise<void> {
-    await Promise.all(
-      volumeIds.map(async (volumeId) => {
-        const dir = path.join(this.dir, 'refs', volumeId);
-        await fs.mkdir(dir, { recursive: true });
-        await fs.writeFile(path.join(dir, containerId), '');
-      }),
-    );
+  /**
+   * Brings a current index in line with `configs` and the volume directories by adding
+   * what is missing: a use not listed (only a hand-edited index can lack one), or a
+   * volume nobody uses that is not a prune candidate (a process killed between writing a
+   * configuration that dropped it and recording it here). Stale entries stay: readers
+   * drop them. Reads one directory per volume and writes only what is missing, where
+   * `rebuild` writes a file per use. Returns how many entries it added.
+   */
+  async repair(configs: readonly ContainerConfig[], volumeIds: readonly string[]): Promise<number> {
+    const users = new Map<string, string[]>();
+    for (const config of configs) for (const { volumeId } of config.volumes) users.set(volumeId, [...(users.get(volumeId) ?? []), config.id]);
+    const unused = new Set(this.unused());
+    let added = 0;
+    let visited = 0;
+    for (const volumeId of volumeIds) {
+      if (++visited % YIELD_EVERY === 0) await new Promise((resolve) => setImmediate(resolve));
+      const named = users.get(volumeId);
+      if (named === undefined) {
+        if (!unused.has(volumeId)) {
+          writeFileSync(path.join(this.dir, 'unused', volumeId), '');
+          added++;
+        }
+        continue;
+      }
+      const listed = new Set(this.candidates(volumeId));
+      const missing = named.filter((id) => !listed.has(id));
+      for (const id of missing) this.add(id, [volumeId]);
+      added += missing.length;
+    }
+    return added;
+  }
+
+  /**
+   * Records that `containerId` uses `volumeIds`; call before writing the configuration.
+   * Empty files in the page cache: made synchronously, as the store's small files are
+   * (see atomic-file.ts).
+   */
+  add(containerId: string, volumeIds: readonly string[]): void {
+    for (const volumeId of volumeIds) {
+      const dir = path.join(this.dir, 'refs', volumeId);
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(path.join(dir, containerId), '');
+    }
   }
 
   /**
    * Forgets that `containerId` uses `volumeIds`; call after the configuration stopped
    * naming them. A volume left with no user becomes a prune candidate.
    */
-  async remove(containerId: string, volumeIds: readonly string[]): Promise<void> {
-    await Promise.all(
-      volumeIds.map(async (volumeId) => {
-        const dir = path.join(this.dir, 'refs', volumeId);
-        await fs.rm(path.join(dir, containerId), { force: true });
-        try {
-          await fs.rmdir(dir);
-        } catch (error) {
-          if (isErrnoException(error, 'ENOTEMPTY') || isErrnoException(error, 'ENOENT')) return;
-          throw error;
-        }
-        await fs.writeFile(path.join(this.dir, 'unused', volumeId), '');
-      }),
-    );
+  remove(containerId: string, volumeIds: readonly string[]): void {
+    for (const volumeId of volumeIds) {
+      const dir = path.join(this.dir, 'refs', volumeId);
+      rmSync(path.join(dir, containerId), { force: true });
+      try {
+        rmdirSync(dir);
+      } catch (error) {
+        if (isErrnoException(error, 'ENOTEMPTY') || isErrnoException(error, 'ENOENT')) continue;
+        throw error;
+      }
+      writeFileSync(path.join(this.dir, 'unused', volumeId), '');
+    }
   }
 
   /** The containers that may use `volumeId` (a superset: confirm each against its configuration). */
-  async candidates(volumeId: string): Promise<string[]> {
+  candidates(volumeId: string): string[] {
     try {
-      return (await fs.readdir(path.join(this.dir, 'refs', volumeId))).filter(isId);
+      return readdirSync(path.join(this.dir, 'refs', volumeId)).filter(isId);
     } catch (error) {
       if (isErrnoException(error, 'ENOENT')) return [];
       throw error;
@@ -111,9 +158,9 @@ export class ReferenceIndex {
   }
 
   /** Volumes whose last user went away: the only ones prune needs to look at. */
-  async unused(): Promise<string[]> {
+  unused(): string[] {
     try {
-      return (await fs.readdir(path.join(this.dir, 'unused'))).filter(isId);
+      return readdirSync(path.join(this.dir, 'unused')).filter(isId);
     } catch (error) {
       if (isErrnoException(error, 'ENOENT')) return [];
       throw error;
@@ -121,8 +168,8 @@ export class ReferenceIndex {
   }
 
   /** Drops every entry of a deleted volume, or a prune candidate that turned out to be used. */
-  async forget(volumeId: string, { refs }: { refs: boolean }): Promise<void> {
-    if (refs) await fs.rm(path.join(this.dir, 'refs', volumeId), { recursive: true, force: true });
-    await fs.rm(path.join(this.dir, 'unused', volumeId), { force: true });
+  forget(volumeId: string, { refs }: { refs: boolean }): void {
+    if (refs) rmSync(path.join(this.dir, 'refs', volumeId), { recursive: true, force: true });
+    rmSync(path.join(this.dir, 'unused', volumeId), { force: true });
   }
 }

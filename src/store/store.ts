@@ -1,9 +1,10 @@
 import fs from 'node:fs/promises';
+import { accessSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
 import { checkId, isId } from '../spec/ids.js';
-import { syncDirectory, writeFileAtomic } from './atomic-file.js';
+import { syncDirectory, writeFileAtomic, writeFileAtomicUndurable } from './atomic-file.js';
 import { type ContainerConfig, parseConfig, serializeConfig } from './container-config.js';
 import { assertLockHeld, withStoreLock } from './lock.js';
 import { currentBootId } from './boot-id.js';
@@ -82,12 +83,26 @@ export class Store {
     if (!(await this.index.isCurrent(currentBootId()))) await this.rebuildIndex();
   }
 
-  /** Rebuilds the reference index from the configurations and volume directories; returns the configurations read. */
-  async rebuildIndex(): Promise<ContainerConfig[]> {
+  /** Rebuilds the reference index from the configurations and the volume directories. */
+  async rebuildIndex(): Promise<void> {
     assertLockHeld(this.root);
     const [configs, volumeIds] = await Promise.all([this.readAll(), this.volumeIdsOnDisk()]);
     await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
-    return configs;
+  }
+
+  /**
+   * Makes the reference index agree with `configs`, just read under the lock: rebuilt
+   * when it is not of this boot, otherwise completed where a crash left it short.
+   */
+  async repairIndex(configs: readonly ContainerConfig[]): Promise<void> {
+    assertLockHeld(this.root);
+    const volumeIds = await this.volumeIdsOnDisk();
+    if (await this.index.isCurrent(currentBootId())) {
+      const added = await this.index.repair(configs, volumeIds);
+      if (added > 0) debugStore('repaired the reference index: %d entries added', added);
+      return;
+    }
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
   }
 
   async readContainer(containerId: string): Promise<ContainerConfig> {
@@ -145,34 +160,39 @@ export class Store {
     assertLockHeld(this.root);
     const before = new Set(previous?.volumes.map((v) => v.volumeId));
     const after = new Set(config.volumes.map((v) => v.volumeId));
-    await this.index.add(config.id, [...after].filter((id) => !before.has(id)));
-    await writeFileAtomic(this.configFile(config.id), serializeConfig(config));
-    await this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
+    const gained = [...after].filter((id) => !before.has(id));
+    this.index.add(config.id, gained);
+    // A volume directory made for this configuration must be durable before it is named.
+    await writeFileAtomic(this.configFile(config.id), serializeConfig(config), gained.length > 0 ? [path.join(this.root, 'volumes')] : []);
+    this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
     debugStore('wrote container %s', config.id);
   }
 
   async deleteContainer(config: ContainerConfig): Promise<void> {
     assertLockHeld(this.root);
-    await fs.unlink(this.configFile(config.id));
+    unlinkSync(this.configFile(config.id));
     await syncDirectory(path.join(this.root, 'containers'));
-    await this.index.remove(config.id, config.volumes.map((v) => v.volumeId));
+    this.index.remove(config.id, config.volumes.map((v) => v.volumeId));
     debugStore('deleted container %s', config.id);
   }
 
   /**
-   * Records, durably, the volumes about to be made for a container, before any is made:
-   * if the process dies before the configuration names them, recover() knows which
-   * directories are half-created debris rather than volumes kept after their container went.
+   * Records the volumes about to be made for a container, before any is made: if the
+   * process dies before the configuration names them, recover() and prune() know which
+   * directories are half-created debris rather than volumes kept after their container
+   * went. Not fsynced, since only a power loss could lose it, and after one the index is
+   * rebuilt from the configurations, which lists such a volume as unused: prune() then
+   * deletes it (recover() just does not report it).
    */
   async recordPending(containerId: string, volumeIds: readonly string[]): Promise<void> {
     assertLockHeld(this.root);
-    await writeFileAtomic(this.pendingFile(containerId), `${JSON.stringify(volumeIds)}\n`);
+    writeFileAtomicUndurable(this.pendingFile(containerId), `${JSON.stringify(volumeIds)}\n`);
   }
 
   /** The configuration now names the volumes (or they were discarded): the record is done with. */
   async clearPending(containerId: string): Promise<void> {
     assertLockHeld(this.root);
-    await fs.rm(this.pendingFile(containerId), { force: true });
+    rmSync(this.pendingFile(containerId), { force: true });
   }
 
   /** Every pending record; an entry that is not a valid record is returned with no volume ids, to be cleared. */
@@ -198,16 +218,11 @@ export class Store {
     return path.join(this.root, 'pending', `${checkId(containerId, 'container')}.json`);
   }
 
-  /** Makes an empty volume directory for an id from `recordPending`; `syncVolumes` makes it durable. */
+  /** Makes an empty volume directory for an id from `recordPending`; `writeContainer` makes it durable before naming it. */
   async createVolumeDir(volumeId: string): Promise<void> {
     assertLockHeld(this.root);
-    await fs.mkdir(this.volumeDir(volumeId), { mode: 0o755 });
+    mkdirSync(this.volumeDir(volumeId), { mode: 0o755 });
     debugStore('created volume %s', volumeId);
-  }
-
-  /** Makes new volume directories durable before a configuration that names them is written. */
-  async syncVolumes(): Promise<void> {
-    await syncDirectory(path.join(this.root, 'volumes'));
   }
 
   async volumeExists(volumeId: string): Promise<boolean> {
@@ -239,7 +254,7 @@ export class Store {
     assertLockHeld(this.root);
     const trashed = path.join(this.root, 'trash', `${checkId(volumeId, 'volume')}.${Date.now()}`);
     try {
-      await fs.rename(this.volumeDir(volumeId), trashed);
+      renameSync(this.volumeDir(volumeId), trashed);
     } catch (error) {
       // Already gone is what we wanted: a configuration may outlive a volume lost by hand.
       if (isErrnoException(error, 'ENOENT')) return;
@@ -248,7 +263,7 @@ export class Store {
         cause: error,
       });
     }
-    await this.index.forget(volumeId, { refs: true });
+    this.index.forget(volumeId, { refs: true });
     await fs.rm(trashed, { recursive: true, force: true });
     debugStore('deleted volume %s', volumeId);
   }
@@ -262,7 +277,7 @@ function ifRemoved(error: unknown): undefined {
 
 async function exists(file: string): Promise<boolean> {
   try {
-    await fs.access(file);
+    accessSync(file);
     return true;
   } catch (error) {
     if (isErrnoException(error, 'ENOENT')) return false;

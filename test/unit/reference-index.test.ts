@@ -49,6 +49,26 @@ describe('the reference index: derived from the configurations, never the truth'
     expect(await fs.readdir(path.join(w.index, 'refs', w.dataVolume))).toEqual([w.db.id, w.app.id].sort());
   });
 
+  test('recover() completes an index left short: a missing prune candidate and a missing use are added, nothing else is rewritten', async () => {
+    const w = await world();
+    // A kill between the configuration that dropped a volume and the index entry making
+    // it a prune candidate; and a use lost from the index (only a hand edit does that).
+    await fs.rm(path.join(w.index, 'unused', w.dangling));
+    await fs.rm(path.join(w.index, 'refs', w.dataVolume, w.app.id));
+    expect(await w.runtime.volumes.prune()).toEqual({ removed: [] });
+    const untouched = path.join(w.index, 'refs', w.dataVolume, w.db.id);
+    const before = (await fs.stat(untouched)).ino;
+
+    await w.runtime.recover();
+
+    expect((await fs.stat(untouched)).ino).toBe(before);
+    expect(await fs.readdir(path.join(w.index, 'refs', w.dataVolume))).toEqual([w.db.id, w.app.id].sort());
+    await w.runtime.remove(w.db.id);
+    const error = await expectCode(w.runtime.volumes.remove(w.dataVolume), 'ERR_VOLUME_IN_USE');
+    expect(error.message).toContain(w.app.id);
+    expect(await w.runtime.volumes.prune()).toEqual({ removed: [w.dangling] });
+  });
+
   test('a stale entry (a process killed between the configuration and the index) is confirmed against the configuration and dropped', async () => {
     const w = await world();
     const stale = '00000000-0000-4000-8000-000000000000';
