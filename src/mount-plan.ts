@@ -173,12 +173,18 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
 /** The mounts of the plan's volumes among `present`, recognised by path or else by identity. */
 async function ofPlan(present: readonly MountedVolume[], plan: readonly MountRequest[]): Promise<MountedVolume[]> {
   const sources = new Set(plan.map((r) => r.source));
-  const identities = new Set((await Promise.all(plan.map((r) => identityOf(r.source)))).filter((id) => id !== undefined));
+  let identities: Promise<Set<string | undefined>> | undefined;
   const found: MountedVolume[] = [];
   for (const m of present) {
     if (m.source === undefined) continue;
-    const identity = sources.has(m.source) ? undefined : await identityOf(m.source);
-    if (sources.has(m.source) || (identity !== undefined && identities.has(identity))) found.push(m);
+    if (sources.has(m.source)) {
+      found.push(m);
+      continue;
+    }
+    // Another path to a directory: compare identities, read only when one is needed.
+    identities ??= Promise.all(plan.map((r) => identityOf(r.source))).then((ids) => new Set(ids.filter((id) => id !== undefined)));
+    const identity = await identityOf(m.source);
+    if (identity !== undefined && (await identities).has(identity)) found.push(m);
   }
   return found;
 }
