@@ -124,7 +124,7 @@ async function mountEach(mounter: Mounter, requests: readonly MountRequest[], gu
 }
 
 /** How many rounds `removePlan` makes to catch mounts whose paths change under it. */
-const UNMOUNT_ROUNDS = 16;
+const UNMOUNT_ROUNDS = 64;
 
 /**
  * Unmounts what of `plan` is mounted, children first, in one batch when the mounter
