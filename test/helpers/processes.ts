@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { Readable } from 'node:stream';
 
 /** The state letter of /proc/<pid>/stat ('R', 'S', 'T' for stopped, 'Z'…), undefined once the process is gone. */
 export function processState(pid: number): string | undefined {
@@ -31,4 +32,18 @@ export async function childNamed(pid: number, comm: string, exited: () => boolea
     await new Promise((resolve) => setImmediate(resolve));
   }
   throw new Error(`process ${pid} exited before it ran ${comm}`);
+}
+
+/** Calls `onLine` with each JSON line a worker prints, parsed, as the lines complete. */
+export function onJsonLines<T>(stream: Readable, onLine: (line: T) => void): void {
+  let buffer = '';
+  stream.setEncoding('utf8').on('data', (chunk: string) => {
+    buffer += chunk;
+    let newline: number;
+    while ((newline = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, newline);
+      buffer = buffer.slice(newline + 1);
+      if (line.trim() !== '') onLine(JSON.parse(line) as T);
+    }
+  });
 }

@@ -8,8 +8,9 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { BindMounter, ContainerRuntime, type RecoveryReport } from '../../src/index.js';
 import { checkJournal, checkStore, type JournalLine, type Layout } from '../helpers/invariants.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { assertPrivateMountNamespace } from './guard.js';
+import { onJsonLines } from '../helpers/processes.js';
 import { random } from '../helpers/worker.mjs';
+import { assertPrivateMountNamespace } from './guard.js';
 
 /*
  * The kill harness (issue 4, item 2). A child process (test/helpers/kill-worker.mjs, on
@@ -76,17 +77,10 @@ function startWorker(root: string, layout: Layout, seed: number, tag: string): W
   children.push(child);
   const journal: JournalLine[] = [];
   const waiting = new Map<string, () => void>();
-  let buffer = '';
   let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    buffer += chunk;
-    let newline: number;
-    while ((newline = buffer.indexOf('\n')) >= 0) {
-      const line = JSON.parse(buffer.slice(0, newline)) as JournalLine;
-      buffer = buffer.slice(newline + 1);
-      journal.push(line);
-      waiting.get(line.op)?.();
-    }
+  onJsonLines<JournalLine>(child.stdout!, (line) => {
+    journal.push(line);
+    waiting.get(line.op)?.();
   });
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>

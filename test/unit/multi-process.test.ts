@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from '@jest/gl
 import { ContainerRuntime, FakeMounter } from '../../src/index.js';
 import { STALE_MS } from '../../src/store/lock.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
+import { onJsonLines } from '../helpers/processes.js';
 
 /*
  * SPEC §5: several processes on one store. Separate Node processes (the worker runs
@@ -58,19 +59,10 @@ function startWorker(args: string[]): { child: ChildProcess; done: Promise<Run>;
   children.push(child);
   const lines: Ack[] = [];
   const waiting: { op: string; resolve: (ack: Ack) => void }[] = [];
-  let buffer = '';
   let stderr = '';
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-    buffer += chunk;
-    let newline: number;
-    while ((newline = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, newline);
-      buffer = buffer.slice(newline + 1);
-      if (line.trim() === '') continue;
-      const ack = JSON.parse(line) as Ack;
-      lines.push(ack);
-      for (const w of waiting.filter((w) => w.op === ack.op)) w.resolve(ack);
-    }
+  onJsonLines<Ack>(child.stdout!, (ack) => {
+    lines.push(ack);
+    for (const w of waiting.filter((w) => w.op === ack.op)) w.resolve(ack);
   });
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const done = new Promise<Run>((resolve, reject) => {
