@@ -176,8 +176,7 @@ async function removeDebris(ctx: Context): Promise<string[]> {
       debugRuntime('recover keeps trash/%s: something is mounted inside it', name);
       continue;
     }
-    await fs.rm(path.join(root, 'trash', name), { recursive: true, force: true });
-    removed.push(`trash/${name}`);
+    if (await ctx.store.emptyTrash(name)) removed.push(`trash/${name}`);
   }
   try {
     await fs.rm(path.join(root, 'index.new'), { recursive: true });

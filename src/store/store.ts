@@ -9,6 +9,7 @@ import { type ContainerConfig, parseConfig, serializeConfig } from './container-
 import { assertLockHeld, withStoreLock } from './lock.js';
 import { currentBootId } from './boot-id.js';
 import { ReferenceIndex } from './reference-index.js';
+import { removeTree } from './remove-tree.js';
 
 const READ_BATCH = 64;
 
@@ -248,11 +249,12 @@ export class Store {
   /**
    * Deletes a volume and its data. The directory is first renamed into trash/ so the
    * volume vanishes from the store in one atomic step; a crash during the slow
-   * recursive removal leaves only trash behind.
+   * recursive removal, or a removal that fails, leaves only trash behind, which
+   * recover() empties.
    */
   async deleteVolumeDir(volumeId: string): Promise<void> {
     assertLockHeld(this.root);
-    const trashed = path.join(this.root, 'trash', `${checkId(volumeId, 'volume')}.${Date.now()}`);
+    const trashed = path.join(this.trashDir(), `${checkId(volumeId, 'volume')}.${Date.now()}`);
     try {
       renameSync(this.volumeDir(volumeId), trashed);
     } catch (error) {
@@ -264,8 +266,27 @@ export class Store {
       });
     }
     this.index.forget(volumeId, { refs: true });
-    await fs.rm(trashed, { recursive: true, force: true });
     debugStore('deleted volume %s', volumeId);
+    await this.emptyTrash(path.basename(trashed));
+  }
+
+  trashDir(): string {
+    return path.join(this.root, 'trash');
+  }
+
+  /**
+   * Deletes `trash/<name>` with everything under it; resolves to whether it is gone.
+   * The volume it was is already out of the store, so a failure (something mounted
+   * inside, an I/O error) is only logged: recover() tries again.
+   */
+  async emptyTrash(name: string): Promise<boolean> {
+    try {
+      await removeTree(path.join(this.trashDir(), name), this.trashDir());
+      return true;
+    } catch (error) {
+      debugStore('trash/%s stays: %s', name, (error as Error).message);
+      return false;
+    }
   }
 }
 
