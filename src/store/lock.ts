@@ -1,6 +1,6 @@
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
-import { ContainerVolumesError } from '../errors.js';
+import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugLock } from '../debug.js';
 
 /**
@@ -74,6 +74,11 @@ async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
       return lockfile.lock(root, { ...options, retries: RETRIES });
     });
   } catch (error) {
+    if (isErrnoException(error, 'EROFS')) {
+      throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `the store at ${root} is on a read-only file system: it can be read, not changed`, {
+        cause: error,
+      });
+    }
     throw new ContainerVolumesError('ERR_LOCK_FAILED', `cannot lock the store at ${root}: ${(error as Error).message}`, {
       cause: error,
     });

@@ -46,12 +46,13 @@ export class Store {
   }
 
   /**
-   * Creates the layout and makes sure the reference index was built in this boot, once
-   * per Store; idempotent across processes. A failed attempt is retried next time.
+   * Creates the layout, once per Store; idempotent across processes. A failed attempt
+   * is retried next time. Takes no lock, so that reads are answered even where the lock
+   * cannot be taken (a read-only file system): the reference index is made current by
+   * `exclusive`, and read without it only when it is current (`indexIsCurrent`).
    */
   open(): Promise<void> {
     this.ready ??= this.createLayout()
-      .then(() => withStoreLock(this.root, () => this.ensureIndex()))
       .catch((error: unknown) => {
         this.ready = undefined;
         if (error instanceof ContainerVolumesError) throw error;
@@ -81,7 +82,12 @@ export class Store {
 
   /** Rebuilds the reference index unless it was built in this boot (another process may have rebuilt it meanwhile). */
   private async ensureIndex(): Promise<void> {
-    if (!(await this.index.isCurrent(currentBootId()))) await this.rebuildIndex();
+    if (!(await this.indexIsCurrent())) await this.rebuildIndex();
+  }
+
+  /** Whether the reference index was built in this boot: if not, only the configurations tell who uses a volume. */
+  indexIsCurrent(): Promise<boolean> {
+    return this.index.isCurrent(currentBootId());
   }
 
   /** Rebuilds the reference index from the configurations and the volume directories. */
