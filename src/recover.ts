@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
@@ -167,7 +168,9 @@ async function removeDebris(ctx: Context): Promise<string[]> {
   for (const dir of ['containers', 'pending']) {
     for (const name of await fs.readdir(path.join(root, dir))) {
       if (!(name.startsWith('.') && name.endsWith('.tmp'))) continue;
-      await fs.rm(path.join(root, dir, name), { force: true });
+      // Another holder's write in progress, if we lost the lock.
+      ctx.store.assertLocked();
+      rmSync(path.join(root, dir, name), { force: true });
       removed.push(`${dir}/${name}`);
     }
   }

@@ -21,7 +21,7 @@ const READ_BATCH = 64;
  *     pending/<id>.json      volumes being created for a container, until its configuration names them
  *     index/                 which containers use each volume: derived, rebuildable (ReferenceIndex)
  *     trash/                 volumes being deleted (renamed here first, then removed)
- *     lock                   proper-lockfile's lock directory
+ *     lock                   the lock directory (lock.ts)
  *
  * Readers need no lock (every write is an atomic rename); writers run inside
  * `exclusive`.
@@ -94,7 +94,7 @@ export class Store {
   async rebuildIndex(): Promise<void> {
     assertLockHeld(this.root);
     const [configs, volumeIds] = await Promise.all([this.readAll(), this.volumeIdsOnDisk()]);
-    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`), () => assertLockHeld(this.root));
   }
 
   /**
@@ -109,7 +109,9 @@ export class Store {
       if (added > 0) debugStore('repaired the reference index: %d entries added', added);
       return;
     }
-    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`), () =>
+      assertLockHeld(this.root),
+    );
   }
 
   async readContainer(containerId: string): Promise<ContainerConfig> {
@@ -169,8 +171,12 @@ export class Store {
     const after = new Set(config.volumes.map((v) => v.volumeId));
     const gained = [...after].filter((id) => !before.has(id));
     this.index.add(config.id, gained);
-    // A volume directory made for this configuration must be durable before it is named.
-    await writeFileAtomic(this.configFile(config.id), serializeConfig(config), gained.length > 0 ? [path.join(this.root, 'volumes')] : []);
+    await writeFileAtomic(this.configFile(config.id), serializeConfig(config), {
+      // A volume directory made for this configuration must be durable before it is named.
+      syncFirst: gained.length > 0 ? [path.join(this.root, 'volumes')] : [],
+      beforeRename: () => assertLockHeld(this.root),
+    });
+    assertLockHeld(this.root);
     this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
     debugStore('wrote container %s', config.id);
   }
@@ -179,6 +185,7 @@ export class Store {
     assertLockHeld(this.root);
     unlinkSync(this.configFile(config.id));
     await syncDirectory(path.join(this.root, 'containers'));
+    assertLockHeld(this.root);
     this.index.remove(config.id, config.volumes.map((v) => v.volumeId));
     debugStore('deleted container %s', config.id);
   }
