@@ -18,8 +18,9 @@
 //     {"op":"unmounted"} or {"op":"error",…}.
 //
 //   node store-worker.mjs hold-lock-raw <root>
-//     Takes the store lock with proper-lockfile directly, with the options of
-//     src/store/lock.ts, prints {"op":"locked"} and waits to be killed.
+//     Takes the store lock with proper-lockfile, as earlier versions of the library
+//     did (src/store/lock.ts keeps its protocol), prints {"op":"locked"} and waits to
+//     be killed.
 import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';

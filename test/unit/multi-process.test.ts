@@ -205,7 +205,7 @@ describe('a lock left by a killed process (SPEC §5)', () => {
   // kills at once, to keep the suite short.
   test.each([
     { how: 'held through the library (runtime.mount stuck in the mounter)', mode: 'hold-lock-library', aliveFor: STALE_MS + 1_000 },
-    { how: 'held with proper-lockfile directly, same options as src/store/lock.ts', mode: 'hold-lock-raw', aliveFor: 200 },
+    { how: 'held with proper-lockfile, as earlier versions did (same protocol, same stale time)', mode: 'hold-lock-raw', aliveFor: 200 },
   ])(
     '$how: waited for while the holder lives, taken over after SIGKILL',
     async ({ mode, aliveFor }) => {
