@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
@@ -34,15 +34,25 @@ export class ReferenceIndex {
     this.dir = path.join(root, 'index');
   }
 
-  /** Whether the index was built in this boot; checked once per process, under the store's lock. */
+  /**
+   * Whether the index was built in this boot; read once per process, then only checked
+   * to be still there (an index deleted under a live process must be rebuilt, not read
+   * as empty).
+   */
   async isCurrent(bootId: string): Promise<boolean> {
-    if (this.current) return true;
+    if (this.current && existsSync(path.join(this.dir, 'boot-id'))) return true;
+    this.current = false;
     try {
       this.current = (await fs.readFile(path.join(this.dir, 'boot-id'), 'utf8')) === bootId;
     } catch (error) {
       if (!isErrnoException(error, 'ENOENT')) throw error;
     }
     return this.current;
+  }
+
+  /** After a failure on the store's files: read the boot id again next time. */
+  forgetCurrent(): void {
+    this.current = false;
   }
 
   /**

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { accessSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
+import { accessSync, existsSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
@@ -12,6 +12,8 @@ import { ReferenceIndex } from './reference-index.js';
 import { removeTree } from './remove-tree.js';
 
 const READ_BATCH = 64;
+/** The directories every store has; `index/` is the reference index's, made when it is built. */
+const LAYOUT = ['volumes', 'containers', 'pending', 'trash'] as const;
 
 /**
  * The on-disk state under `root`:
@@ -31,6 +33,8 @@ export class Store {
   root: string;
   readonly index: ReferenceIndex;
   private ready: Promise<void> | undefined;
+  /** Whether the layout was made once (by this Store), so that its absence now means damage. */
+  private opened = false;
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -52,6 +56,8 @@ export class Store {
    * `exclusive`, and read without it only when it is current (`indexIsCurrent`).
    */
   open(): Promise<void> {
+    // A layout directory deleted under a live runtime is made again by the next call.
+    if (this.ready !== undefined && this.opened && !this.layoutIntact()) this.ready = undefined;
     this.ready ??= this.createLayout()
       .catch((error: unknown) => {
         this.ready = undefined;
@@ -65,10 +71,16 @@ export class Store {
 
   private async createLayout(): Promise<void> {
     await fs.mkdir(this.root, { recursive: true, mode: 0o711 });
-    for (const dir of ['volumes', 'containers', 'pending', 'trash']) {
+    for (const dir of LAYOUT) {
       await fs.mkdir(path.join(this.root, dir), { recursive: true, mode: 0o700 });
     }
     this.root = await fs.realpath(this.root);
+    this.opened = true;
+  }
+
+  /** A few stats, so that every call can afford it. */
+  private layoutIntact(): boolean {
+    return LAYOUT.every((dir) => existsSync(path.join(this.root, dir)));
   }
 
   /** Runs `fn` holding the store's lock, with the reference index checked current first. */
@@ -77,7 +89,20 @@ export class Store {
     return withStoreLock(this.root, async () => {
       await this.ensureIndex();
       return fn();
-    });
+    }).catch((error: unknown) => this.failed(error));
+  }
+
+  /**
+   * What a call that failed on one of the store's own files throws: ERR_STORE_UNAVAILABLE
+   * naming the state directory, with the system error as its cause. The layout is
+   * checked again by the next call, which makes what is missing.
+   */
+  private failed(error: unknown): never {
+    const file = (error as NodeJS.ErrnoException | undefined)?.path;
+    if (error instanceof ContainerVolumesError || typeof file !== 'string' || !(file === this.root || file.startsWith(`${this.root}/`))) throw error;
+    this.ready = undefined;
+    this.index.forgetCurrent();
+    throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `the store at ${this.root} failed: ${(error as Error).message}`, { cause: error });
   }
 
   /** Rebuilds the reference index unless it was built in this boot (another process may have rebuilt it meanwhile). */
@@ -140,7 +165,7 @@ export class Store {
   /** Every container, oldest first. A file whose name is not `<uuid>.json` is not ours and is skipped. */
   async readAllContainers(): Promise<ContainerConfig[]> {
     await this.open();
-    return this.readAll();
+    return this.readAll().catch((error: unknown) => this.failed(error));
   }
 
   private async readAll(): Promise<ContainerConfig[]> {
@@ -246,7 +271,7 @@ export class Store {
   /** Every volume directory; anything under volumes/ whose name is not a uuid is not ours and is skipped. */
   async listVolumeIds(): Promise<string[]> {
     await this.open();
-    return this.volumeIdsOnDisk();
+    return this.volumeIdsOnDisk().catch((error: unknown) => this.failed(error));
   }
 
   private async volumeIdsOnDisk(): Promise<string[]> {

@@ -74,3 +74,52 @@ describe('a path deeper than PATH_MAX inside a volume', () => {
     }
   });
 });
+
+describe('a layout directory deleted under a live runtime', () => {
+  test.each(['volumes', 'containers', 'pending', 'trash', 'index'])(
+    '<root>/%s: every call works or fails with ERR_STORE_UNAVAILABLE, and the next one works',
+    async (dir) => {
+      const box = await sandbox();
+      const rootfs = await box.rootfs('app');
+      const kept = await box.runtime.create({ rootfs, volumes: ['/data'] });
+      await fs.rm(path.join(box.root, dir), { recursive: true });
+
+      const calls: [string, () => Promise<unknown>][] = [
+        ['list', () => box.runtime.list()],
+        ['volumes.list', () => box.runtime.volumes.list()],
+        ['create', () => box.runtime.create({ rootfs, volumes: ['/data'] })],
+        ['prune', () => box.runtime.volumes.prune()],
+        ['recover', () => box.runtime.recover()],
+      ];
+      for (const [name, call] of calls) {
+        const outcome = await call().then(
+          () => 'ok',
+          (error: { code?: string }) => error.code ?? `uncoded: ${String(error)}`,
+        );
+        expect({ name, outcome }).toEqual({ name, outcome: expect.stringMatching(/^(ok|ERR_STORE_UNAVAILABLE)$/) });
+        // The next call works.
+        await box.runtime.list();
+      }
+      for (const name of ['volumes', 'containers', 'pending', 'trash', 'index']) expect(existsSync(path.join(box.root, name))).toBe(true);
+      const after = await box.runtime.create({ rootfs, volumes: ['/data'] });
+      await box.runtime.mount(after.id);
+      await box.runtime.unmount(after.id);
+      await box.runtime.remove(after.id, { volumes: true });
+      if (dir !== 'containers') expect((await box.runtime.list()).map((c) => c.id)).toContain(kept.id);
+      if (dir === 'index') {
+        // The rebuilt index still knows who uses a volume: it is not deleted as unused.
+        await expect(box.runtime.volumes.remove(kept.volumes[0]!.volumeId)).rejects.toMatchObject({ code: 'ERR_VOLUME_IN_USE' });
+      }
+    },
+  );
+
+  test('recover() makes the layout again', async () => {
+    const box = await sandbox();
+    await box.runtime.list();
+    await fs.rm(path.join(box.root, 'volumes'), { recursive: true });
+    await fs.rm(path.join(box.root, 'containers'), { recursive: true });
+    await box.runtime.recover();
+    expect(existsSync(path.join(box.root, 'volumes'))).toBe(true);
+    expect(existsSync(path.join(box.root, 'containers'))).toBe(true);
+  });
+});
