@@ -23,6 +23,7 @@ const LAYOUT = ['volumes', 'containers', 'pending', 'trash'] as const;
  *     pending/<id>.json      volumes being created for a container, until its configuration names them
  *     index/                 which containers use each volume: derived, rebuildable (ReferenceIndex)
  *     trash/                 volumes being deleted (renamed here first, then removed)
+ *     corrupt/               configurations that could not be read, moved aside by recover()
  *     lock                   the lock directory (lock.ts)
  *
  * Readers need no lock (every write is an atomic rename); writers run inside
@@ -168,13 +169,28 @@ export class Store {
     return this.readAll().catch((error: unknown) => this.failed(error));
   }
 
-  private async readAll(): Promise<ContainerConfig[]> {
+  /**
+   * Every container that can be read, and the ids of those whose configuration is
+   * corrupt with the error, for recover(): under the lock.
+   */
+  async readAllOrCorrupt(): Promise<{ configs: ContainerConfig[]; corrupt: { containerId: string; error: ContainerVolumesError }[] }> {
+    const corrupt: { containerId: string; error: ContainerVolumesError }[] = [];
+    const configs = await this.readAll((containerId, error) => corrupt.push({ containerId, error })).catch((error: unknown) => this.failed(error));
+    return { configs, corrupt };
+  }
+
+  private async readAll(onCorrupt?: (containerId: string, error: ContainerVolumesError) => void): Promise<ContainerConfig[]> {
     const names = await fs.readdir(path.join(this.root, 'containers'));
     const ids = names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
     const configs: ContainerConfig[] = [];
+    const read = (id: string) =>
+      this.readConfig(id, this.configFile(id)).catch((error: unknown) => {
+        if (onCorrupt && error instanceof ContainerVolumesError && error.code === 'ERR_CORRUPT_CONFIG') return void onCorrupt(id, error);
+        return ifRemoved(error);
+      });
     // In batches: all at once would run out of file descriptors on a large store.
     for (let i = 0; i < ids.length; i += READ_BATCH) {
-      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map((id) => this.readConfig(id, this.configFile(id)).catch(ifRemoved)));
+      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map(read));
       configs.push(...batch.filter((config): config is ContainerConfig => config !== undefined));
     }
     return configs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
@@ -204,6 +220,23 @@ export class Store {
     assertLockHeld(this.root);
     this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
     debugStore('wrote container %s', config.id);
+  }
+
+  /**
+   * Moves a configuration that cannot be read to `corrupt/<id>.json.<time>`, for the
+   * operator to inspect (or move back): the container is gone from the store, and the
+   * volumes only it named are no longer protected from prune(). Resolves to where it went,
+   * relative to the root.
+   */
+  async moveAside(containerId: string): Promise<string> {
+    const dir = path.join(this.root, 'corrupt');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const name = `${checkId(containerId, 'container')}.json.${Date.now()}`;
+    assertLockHeld(this.root);
+    renameSync(this.configFile(containerId), path.join(dir, name));
+    await syncDirectory(path.join(this.root, 'containers'));
+    debugStore('moved the corrupt configuration of %s to corrupt/%s', containerId, name);
+    return `corrupt/${name}`;
   }
 
   async deleteContainer(config: ContainerConfig): Promise<void> {

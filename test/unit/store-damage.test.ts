@@ -123,3 +123,42 @@ describe('a layout directory deleted under a live runtime', () => {
     expect(existsSync(path.join(box.root, 'containers'))).toBe(true);
   });
 });
+
+describe('a configuration that cannot be read (0 bytes, as after a power loss)', () => {
+  test('recover() reports it in failed and moves it aside; then list works, and prune deletes only the volumes no configuration names', async () => {
+    const box = await sandbox();
+    const rootfs = await box.rootfs('app');
+    const source = await box.runtime.create({ rootfs, volumes: ['/shared'] });
+    const broken = await box.runtime.create({ rootfs, volumes: ['/own'], volumesFrom: [source.id] });
+    const own = broken.volumes.find((v) => v.path === '/own')!.volumeId;
+    const shared = source.volumes[0]!.volumeId;
+    const file = path.join(box.root, 'containers', `${broken.id}.json`);
+    await fs.writeFile(file, '');
+    // A create killed half-way: recover() would delete its volume, but not while a
+    // configuration that might have named it is in doubt.
+    const half = '0d7bd5e1-39a5-4a6b-8b1f-6d1c1b0a9e11';
+    await fs.mkdir(path.join(box.root, 'volumes', half));
+    await fs.writeFile(path.join(box.root, 'pending', `${broken.id}.json`), JSON.stringify([half]));
+
+    await expect(box.runtime.list()).rejects.toMatchObject({ code: 'ERR_CORRUPT_CONFIG' });
+    await expect(box.runtime.remove(broken.id, { force: true })).rejects.toMatchObject({ code: 'ERR_CORRUPT_CONFIG' });
+
+    const report = await box.runtime.recover();
+    expect(report.failed).toEqual([{ containerId: broken.id, code: 'ERR_CORRUPT_CONFIG', message: expect.stringContaining(file) }]);
+    expect(report.removedVolumes).toEqual([]);
+    const [moved, ...more] = await fs.readdir(path.join(box.root, 'corrupt'));
+    expect(more).toEqual([]);
+    expect(moved).toMatch(new RegExp(`^${broken.id}\\.json\\.\\d+$`));
+    expect(report.failed[0]!.message).toContain(`corrupt/${moved}`);
+    expect(await fs.readFile(path.join(box.root, 'corrupt', moved!), 'utf8')).toBe('');
+
+    expect(await box.runtime.list()).toEqual([source]);
+    await expect(box.runtime.get(broken.id)).rejects.toMatchObject({ code: 'ERR_CONTAINER_NOT_FOUND' });
+    // The next recover() finishes the half-created volume.
+    expect(await box.runtime.recover()).toMatchObject({ failed: [], removedVolumes: [half] });
+    // The volume only the moved configuration named is a prune candidate; the shared one is not.
+    expect(await box.runtime.volumes.prune()).toEqual({ removed: [own] });
+    expect(existsSync(path.join(box.root, 'volumes', shared))).toBe(true);
+    expect((await box.runtime.recover()).failed).toEqual([]);
+  });
+});
