@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, test } from '@jest/globals';
+import { ContainerRuntime, FakeMounter } from '../../src/index.js';
 import { cleanupTemp, sandbox } from '../helpers/fixtures.js';
 
 /*
@@ -160,5 +161,22 @@ describe('a configuration that cannot be read (0 bytes, as after a power loss)',
     expect(await box.runtime.volumes.prune()).toEqual({ removed: [own] });
     expect(existsSync(path.join(box.root, 'volumes', shared))).toBe(true);
     expect((await box.runtime.recover()).failed).toEqual([]);
+  });
+});
+
+describe('a reference index of another boot, read before any change rebuilt it', () => {
+  test('volumes.inspect reads the configurations instead, and tells every user', async () => {
+    const box = await sandbox();
+    const rootfs = await box.rootfs('app');
+    const a = await box.runtime.create({ rootfs, volumes: ['/data'] });
+    const b = await box.runtime.create({ rootfs, volumesFrom: [`${a.id}:ro`] });
+    // As after a power loss: the index is stale and lacks b's use.
+    await fs.writeFile(path.join(box.root, 'index', 'boot-id'), '00000000-0000-4000-8000-000000000000');
+    await fs.rm(path.join(box.root, 'index', 'refs', a.volumes[0]!.volumeId, b.id));
+    const fresh = new ContainerRuntime({ root: box.root, mounter: new FakeMounter() });
+    expect((await fresh.volumes.inspect(a.volumes[0]!.volumeId)).usedBy).toEqual([
+      { containerId: a.id, path: '/data', mode: 'rw' },
+      { containerId: b.id, path: '/data', mode: 'ro' },
+    ]);
   });
 });
