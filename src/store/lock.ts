@@ -1,69 +1,98 @@
-import { type BigIntStats, mkdirSync, rmdirSync, statSync, utimesSync } from 'node:fs';
+import fs, { statSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import lockfile from 'proper-lockfile';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugLock } from '../debug.js';
 
-/*
- * The store's lock is the directory `<root>/lock`, made with mkdir (atomic) and kept
- * fresh by setting its mtime: the protocol of proper-lockfile, which earlier versions
- * used, so processes of both kinds exclude each other. It is implemented here because
- * its holder must be able to tell, synchronously and from the lock's state on disk,
- * whether the lock is still its own at the instant before each change: a flag set by
- * an asynchronous refresh timer is set too late for a process resumed after a pause
- * (SIGSTOP, a cgroup freeze, a VM pause) that goes straight on to its next write.
+/**
+ * A lock not refreshed for this long belongs to a dead (or paused) process and is taken
+ * over. The holder refreshes it every UPDATE_MS, so a live holder is never taken over.
  */
-
-/** A lock not refreshed for this long belongs to a dead (or paused) process and is taken over. */
 export const STALE_MS = 5_000;
-/** How often the holder refreshes its lock. */
-const REFRESH_MS = 1_000;
+const UPDATE_MS = 1_000;
 /**
  * The holder refuses to change anything once its lock is this old, a margin below
  * STALE_MS: no other process can have found it stale yet, nor can before the change,
  * which follows the check within microseconds.
  */
 const MAX_AGE_MS = STALE_MS - 1_000;
-/** About two and a half minutes of waiting for another holder before giving up. */
-const WAIT_MS = 150_000;
+/** About two and a half minutes of waiting in all before giving up. */
+const RETRIES = { retries: 3_000, factor: 1.3, minTimeout: 2, maxTimeout: 50, randomize: true };
+
+/*
+ * proper-lockfile makes the lock directory `<root>/lock`, refreshes its mtime from a
+ * timer and takes over one left stale. Whether the lock is still ours must be known
+ * synchronously, from the lock's state on disk, at the instant before each change: the
+ * flag its timer sets when the lock is lost comes too late for a process resumed after
+ * a pause (SIGSTOP, a cgroup freeze, a VM pause) that goes straight on to its next
+ * write. So every mtime it gives the lock is seen on its way through `fs.utimes`: the
+ * lock is ours while the directory is the one we made and its mtime one we gave it.
+ */
 
 interface HeldLock {
   file: string;
-  /** The lock directory's identity and the mtime this process last gave it: another holder's differs. */
-  ino: bigint;
-  mtimeNs: bigint;
-  /** Why the lock was lost, once it was. */
-  lost?: string;
-  timer?: NodeJS.Timeout;
+  /** The lock directory we made (another holder's is another directory). */
+  ino: number;
+  /** The mtimes (ms) we gave it: the last one done, and one on its way. */
+  mtimes: Set<number>;
+  /** Why proper-lockfile found the lock lost, once it did. */
+  lost?: Error;
 }
+
+/** The lock this process holds on each root. */
+const held = new Map<string, HeldLock>();
+const byFile = new Map<string, HeldLock>();
+
+const observedFs = {
+  ...fs,
+  utimes(file: fs.PathLike, atime: fs.TimeLike, mtime: fs.TimeLike, callback: fs.NoParamCallback): void {
+    const lock = byFile.get(String(file));
+    const ms = mtime instanceof Date ? mtime.getTime() : undefined;
+    if (lock && ms !== undefined) lock.mtimes.add(ms);
+    fs.utimes(file, atime, mtime, (error) => {
+      if (lock && ms !== undefined && !error) lock.mtimes = new Set([ms]);
+      callback(error);
+    });
+  },
+};
 
 /** Callers of one process queue here, so only one of them polls the file lock. */
 const queues = new Map<string, Promise<void>>();
-/** The lock this process holds on each root. */
-const held = new Map<string, HeldLock>();
 
 /**
  * Called right before every change to the store, and synchronously followed by it:
  * refuses to change it without the lock, or once the lock is lost — taken over by
- * another process, removed, or not refreshed for MAX_AGE_MS (the process was paused or
+ * another process, removed, or not refreshed for MAX_AGE_MS (this process was paused or
  * its event loop stalled) — so that what we change next can never interleave with
- * another process's changes. Refreshes the lock when it is due.
+ * another process's changes.
  */
 export function assertLockHeld(root: string): void {
   const lock = held.get(root);
   if (!lock) throw new Error(`internal error: the store at ${root} was about to be changed without its lock`);
-  lock.lost ??= checkLock(lock, REFRESH_MS);
-  if (lock.lost !== undefined) {
-    throw new ContainerVolumesError(
-      'ERR_LOCK_FAILED',
-      `the lock on ${root} was lost during the operation (${lock.lost}); it stopped before changing anything more`,
-    );
+  const lost = lock.lost?.message ?? whyNotOurs(lock);
+  if (lost !== undefined) {
+    throw new ContainerVolumesError('ERR_LOCK_FAILED', `the lock on ${root} was lost during the operation (${lost}); it stopped before changing anything more`);
   }
+}
+
+/** Why the lock on disk is no longer ours, from one synchronous stat; undefined while it is. */
+function whyNotOurs(lock: HeldLock): string | undefined {
+  let stat: fs.Stats | undefined;
+  try {
+    stat = statSync(lock.file, { throwIfNoEntry: false });
+  } catch (error) {
+    return `its lock directory cannot be read: ${(error as Error).message}`;
+  }
+  if (stat === undefined) return 'its lock directory was removed';
+  if (stat.ino !== lock.ino || !lock.mtimes.has(Math.round(stat.mtimeMs))) return 'another process took it over';
+  const age = Date.now() - stat.mtimeMs;
+  if (age >= MAX_AGE_MS) return `it was not refreshed for ${Math.round(age)} ms: this process was paused or its event loop stalled`;
+  return undefined;
 }
 
 /**
  * Runs `fn` while holding the store's lock: first the in-process queue for `root`,
- * then the lock directory `<root>/lock`, which serialises separate processes.
+ * then `proper-lockfile` on `<root>/lock`, which serialises separate processes.
  */
 export async function withStoreLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
   const previous = queues.get(root) ?? Promise.resolve();
@@ -80,115 +109,48 @@ export async function withStoreLock<T>(root: string, fn: () => Promise<T>): Prom
 }
 
 async function withFileLock<T>(root: string, fn: () => Promise<T>): Promise<T> {
-  const lock = await acquire(root, path.join(root, 'lock'));
+  const file = path.join(root, 'lock');
+  const lock: HeldLock = { file, ino: -1, mtimes: new Set() };
+  const options = {
+    lockfilePath: file,
+    realpath: false,
+    stale: STALE_MS,
+    update: UPDATE_MS,
+    fs: observedFs,
+    // The default throws from a timer and would crash the embedding process.
+    onCompromised: (error: Error) => {
+      lock.lost = error;
+      debugLock('lock on %s compromised: %s', root, error.message);
+    },
+  };
+  // Registered before locking: the first mtime may be given while the lock is taken.
+  byFile.set(file, lock);
+  let release: () => Promise<void>;
+  try {
+    // One try first: with 3,000 retries, the retry library computes every back-off
+    // delay up front, which cost more than taking a free lock.
+    release = await lockfile.lock(root, { ...options, retries: 0 }).catch((error: unknown) => {
+      if ((error as { code?: unknown }).code !== 'ELOCKED') throw error;
+      return lockfile.lock(root, { ...options, retries: RETRIES });
+    });
+    const stat = statSync(file);
+    lock.ino = stat.ino;
+    lock.mtimes.add(Math.round(stat.mtimeMs));
+  } catch (error) {
+    byFile.delete(file);
+    if (isErrnoException(error, 'EROFS')) {
+      throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `the store at ${root} is on a read-only file system: it can be read, not changed`, { cause: error });
+    }
+    throw new ContainerVolumesError('ERR_LOCK_FAILED', `cannot lock the store at ${root}: ${(error as Error).message}`, { cause: error });
+  }
   debugLock('locked %s', root);
   held.set(root, lock);
-  lock.timer = setInterval(() => {
-    lock.lost ??= checkLock(lock, 0);
-    if (lock.lost === undefined) return;
-    debugLock('lock on %s lost: %s', root, lock.lost);
-    clearInterval(lock.timer);
-  }, REFRESH_MS).unref();
   try {
     return await fn();
   } finally {
     held.delete(root);
-    release(lock);
+    byFile.delete(file);
+    await release().catch(() => undefined);
     debugLock('unlocked %s', root);
   }
 }
-
-async function acquire(root: string, file: string): Promise<HeldLock> {
-  const deadline = Date.now() + WAIT_MS;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      mkdirSync(file);
-      const stat = statSync(file, { bigint: true });
-      return { file, ino: stat.ino, mtimeNs: stat.mtimeNs };
-    } catch (error) {
-      if (isErrnoException(error, 'EROFS')) {
-        throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `the store at ${root} is on a read-only file system: it can be read, not changed`, {
-          cause: error,
-        });
-      }
-      if (!isErrnoException(error, 'EEXIST')) {
-        throw new ContainerVolumesError('ERR_LOCK_FAILED', `cannot lock the store at ${root}: ${(error as Error).message}`, { cause: error });
-      }
-    }
-    const other = statSync(file, { bigint: true, throwIfNoEntry: false });
-    if (other === undefined) continue;
-    if (ageMs(other.mtimeNs) > STALE_MS) {
-      takeOver(file, other);
-      continue;
-    }
-    if (Date.now() > deadline) {
-      throw new ContainerVolumesError('ERR_LOCK_FAILED', `cannot lock the store at ${root}: another process has held it for over ${WAIT_MS / 1_000} s`);
-    }
-    // Short, growing, randomised waits: a lock is usually held for milliseconds.
-    await sleep(Math.min(50, 2 * 1.3 ** attempt) * (0.5 + Math.random()));
-  }
-}
-
-/**
- * Removes a stale lock left by a dead or paused process, if it is still the one found
- * stale: another process may have taken it over and made a fresh one meanwhile.
- */
-function takeOver(file: string, stale: BigIntStats): void {
-  const now = statSync(file, { bigint: true, throwIfNoEntry: false });
-  if (now === undefined || now.ino !== stale.ino || now.mtimeNs !== stale.mtimeNs) return;
-  debugLock('taking over %s, not refreshed for %d ms', file, ageMs(stale.mtimeNs));
-  try {
-    rmdirSync(file);
-  } catch (error) {
-    if (!isErrnoException(error, 'ENOENT')) throw error;
-  }
-}
-
-/**
- * Whether the lock is still ours and young enough to change the store: returns why not,
- * or undefined, after refreshing it if it is older than `refreshAfterMs`. Synchronous
- * system calls only, so nothing else of this process runs between it and what follows.
- */
-function checkLock(lock: HeldLock, refreshAfterMs: number): string | undefined {
-  let stat: BigIntStats | undefined;
-  try {
-    stat = statSync(lock.file, { bigint: true, throwIfNoEntry: false });
-  } catch (error) {
-    return `its lock directory cannot be read: ${(error as Error).message}`;
-  }
-  if (stat === undefined) return 'its lock directory was removed';
-  if (stat.ino !== lock.ino || stat.mtimeNs !== lock.mtimeNs) return 'another process took it over';
-  const age = ageMs(lock.mtimeNs);
-  if (age >= MAX_AGE_MS) return `it was not refreshed for ${Math.round(age)} ms: this process was paused or its event loop stalled`;
-  if (age < refreshAfterMs) return undefined;
-  try {
-    const now = new Date();
-    utimesSync(lock.file, now, now);
-    lock.mtimeNs = statSync(lock.file, { bigint: true }).mtimeNs;
-  } catch (error) {
-    return `it could not be refreshed: ${(error as Error).message}`;
-  }
-  return undefined;
-}
-
-function release(lock: HeldLock): void {
-  clearInterval(lock.timer);
-  // Another process's lock, once ours was taken over, is not ours to remove.
-  const stat = statSync(lock.file, { bigint: true, throwIfNoEntry: false });
-  if (stat === undefined || stat.ino !== lock.ino || stat.mtimeNs !== lock.mtimeNs) return;
-  try {
-    rmdirSync(lock.file);
-  } catch (error) {
-    debugLock('removing %s failed: %s', lock.file, (error as Error).message);
-  }
-}
-
-function ageMs(mtimeNs: bigint): number {
-  return Date.now() - Number(mtimeNs / 1_000_000n);
-}
-
-// A process that exits holding a lock (process.exit() from the embedding application)
-// removes it, so that others need not wait for it to go stale.
-process.on('exit', () => {
-  for (const lock of held.values()) release(lock);
-});
