@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
@@ -25,7 +26,9 @@ export interface RecoveryReport {
   removedFiles: string[];
   /**
    * Containers whose mounts could not be brought in line (all of a rootfs's containers
-   * at once), with the error's code and message; recover() went on with the others.
+   * at once), and containers whose configuration cannot be read (ERR_CORRUPT_CONFIG:
+   * moved aside to `corrupt/`), with the error's code and message; recover() went on
+   * with the others.
    */
   failed: { containerId: string; code: string; message: string }[];
 }
@@ -36,12 +39,19 @@ const MAX_STACKED = 16;
 /**
  * Brings the store and the host's mounts in line with the configurations, after a
  * crash or a reboot. Runs under the store's lock. Idempotent: a second run finds
- * nothing to do. A configuration that cannot be read stops it (ERR_CORRUPT_CONFIG)
- * before anything is deleted, since that configuration may name a volume.
+ * nothing to do. A configuration that cannot be read (a 0-byte file after a power loss)
+ * is moved aside to `corrupt/` and reported in `failed`; since it may have named a
+ * half-created volume, none is deleted in that run.
  */
 export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   const report: RecoveryReport = { rebooted: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
-  let configs = await ctx.store.readAllContainers();
+  const read = await ctx.store.readAllOrCorrupt();
+  const corrupt = read.corrupt;
+  let configs = read.configs;
+  for (const { containerId, error } of corrupt) {
+    const movedTo = await ctx.store.moveAside(containerId);
+    report.failed.push({ containerId, code: error.code, message: `${error.message}; moved to ${movedTo}` });
+  }
   report.removedFiles = await removeDebris(ctx);
 
   const boot = currentBootId();
@@ -65,7 +75,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   configs = kept;
 
   const named = new Set(configs.flatMap((c) => c.volumes.map((v) => v.volumeId)));
-  for (const { containerId, volumeIds } of await ctx.store.readPending()) {
+  for (const { containerId, volumeIds } of corrupt.length > 0 ? [] : await ctx.store.readPending()) {
     for (const volumeId of volumeIds) {
       if (named.has(volumeId) || !(await ctx.store.volumeExists(volumeId))) continue;
       await ctx.store.deleteVolumeDir(volumeId);
@@ -73,7 +83,10 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
     }
     await ctx.store.clearPending(containerId);
   }
-  await ctx.store.repairIndex(configs);
+  // A configuration moved aside leaves index entries naming it as a user: rebuilt, its
+  // volumes become prune candidates.
+  if (corrupt.length > 0) await ctx.store.rebuildIndex();
+  else await ctx.store.repairIndex(configs);
 
   await ctx.mounter.recover?.();
   const volumesDir = path.join(ctx.store.root, 'volumes');
@@ -167,7 +180,9 @@ async function removeDebris(ctx: Context): Promise<string[]> {
   for (const dir of ['containers', 'pending']) {
     for (const name of await fs.readdir(path.join(root, dir))) {
       if (!(name.startsWith('.') && name.endsWith('.tmp'))) continue;
-      await fs.rm(path.join(root, dir, name), { force: true });
+      // Another holder's write in progress, if we lost the lock.
+      ctx.store.assertLocked();
+      rmSync(path.join(root, dir, name), { force: true });
       removed.push(`${dir}/${name}`);
     }
   }
@@ -176,8 +191,7 @@ async function removeDebris(ctx: Context): Promise<string[]> {
       debugRuntime('recover keeps trash/%s: something is mounted inside it', name);
       continue;
     }
-    await fs.rm(path.join(root, 'trash', name), { recursive: true, force: true });
-    removed.push(`trash/${name}`);
+    if (await ctx.store.emptyTrash(name)) removed.push(`trash/${name}`);
   }
   try {
     await fs.rm(path.join(root, 'index.new'), { recursive: true });

@@ -50,6 +50,9 @@ export async function discardVolumes(ctx: Context, containerId: string, made: re
  */
 export async function volumeUsers(ctx: Context, volumeId: string, prune = false): Promise<VolumeUse[]> {
   await ctx.store.open();
+  // Outside the lock the index may be of another boot (no change has rebuilt it yet, or
+  // none can: a read-only store): then every configuration is read instead.
+  if (!(await ctx.store.indexIsCurrent())) return (await volumeReferences(ctx)).get(volumeId) ?? [];
   const index = ctx.store.index;
   const users: { use: VolumeUse; createdAt: string }[] = [];
   for (const containerId of index.candidates(volumeId)) {

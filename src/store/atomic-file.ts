@@ -18,11 +18,23 @@ const fsyncAsync = promisify(fsync);
  * the new content: write a temporary file beside it, fsync it, rename it over, and
  * fsync the directory so the rename itself is durable. The directories in `syncFirst`
  * are fsynced along with the temporary file, so what they hold is durable before the
- * new content can be.
+ * new content can be. `beforeRename` runs synchronously before the rename, after the
+ * fsyncs, and can stop it by throwing.
  */
-export async function writeFileAtomic(file: string, data: string, syncFirst: readonly string[] = []): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string,
+  { syncFirst = [], beforeRename }: { syncFirst?: readonly string[]; beforeRename?: () => void } = {},
+): Promise<void> {
   const temporary = writeTemporary(file, data);
   await Promise.all([fsyncAsync(temporary.fd), ...syncFirst.map(syncDirectory)]).finally(() => closeSync(temporary.fd));
+  try {
+    // Right before the rename, which is what makes the new content seen.
+    beforeRename?.();
+  } catch (error) {
+    rmSync(temporary.path, { force: true });
+    throw error;
+  }
   renameOver(temporary.path, file);
   await syncDirectory(path.dirname(file));
 }

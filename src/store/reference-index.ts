@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { mkdirSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
@@ -34,9 +34,14 @@ export class ReferenceIndex {
     this.dir = path.join(root, 'index');
   }
 
-  /** Whether the index was built in this boot; checked once per process, under the store's lock. */
+  /**
+   * Whether the index was built in this boot; read once per process, then only checked
+   * to be still there (an index deleted under a live process must be rebuilt, not read
+   * as empty).
+   */
   async isCurrent(bootId: string): Promise<boolean> {
-    if (this.current) return true;
+    if (this.current && existsSync(path.join(this.dir, 'boot-id'))) return true;
+    this.current = false;
     try {
       this.current = (await fs.readFile(path.join(this.dir, 'boot-id'), 'utf8')) === bootId;
     } catch (error) {
@@ -45,11 +50,23 @@ export class ReferenceIndex {
     return this.current;
   }
 
+  /** After a failure on the store's files: read the boot id again next time. */
+  forgetCurrent(): void {
+    this.current = false;
+  }
+
   /**
    * Builds the index afresh from `configs` and the volume directories that exist, then
-   * swaps it in with one rename; the old one goes to `trash`.
+   * swaps it in with one rename; the old one goes to `trash`. `beforeSwap` runs right
+   * before, and can stop it by throwing.
    */
-  async rebuild(configs: readonly ContainerConfig[], volumeIds: readonly string[], bootId: string, trash: string): Promise<void> {
+  async rebuild(
+    configs: readonly ContainerConfig[],
+    volumeIds: readonly string[],
+    bootId: string,
+    trash: string,
+    beforeSwap: () => void,
+  ): Promise<void> {
     const fresh = `${this.dir}.new`;
     await fs.rm(fresh, { recursive: true, force: true });
     await fs.mkdir(path.join(fresh, 'refs'), { recursive: true, mode: 0o700 });
@@ -75,10 +92,15 @@ export class ReferenceIndex {
       await wrote();
     }
     await fs.writeFile(path.join(fresh, 'boot-id'), bootId);
-    await fs.rename(this.dir, trash).catch((error: unknown) => {
+    // Synchronous from the check on: an index built by a process that lost its lock
+    // could lack uses made since by the new holder.
+    beforeSwap();
+    try {
+      renameSync(this.dir, trash);
+    } catch (error) {
       if (!isErrnoException(error, 'ENOENT')) throw error;
-    });
-    await fs.rename(fresh, this.dir);
+    }
+    renameSync(fresh, this.dir);
     await fs.rm(trash, { recursive: true, force: true });
     this.current = true;
     debugStore('rebuilt the reference index: %d containers, %d volumes', configs.length, volumeIds.length);

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { accessSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
+import { accessSync, existsSync, mkdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
@@ -9,8 +9,11 @@ import { type ContainerConfig, parseConfig, serializeConfig } from './container-
 import { assertLockHeld, withStoreLock } from './lock.js';
 import { currentBootId } from './boot-id.js';
 import { ReferenceIndex } from './reference-index.js';
+import { removeTree } from './remove-tree.js';
 
 const READ_BATCH = 64;
+/** The directories every store has; `index/` is the reference index's, made when it is built. */
+const LAYOUT = ['volumes', 'containers', 'pending', 'trash'] as const;
 
 /**
  * The on-disk state under `root`:
@@ -20,7 +23,8 @@ const READ_BATCH = 64;
  *     pending/<id>.json      volumes being created for a container, until its configuration names them
  *     index/                 which containers use each volume: derived, rebuildable (ReferenceIndex)
  *     trash/                 volumes being deleted (renamed here first, then removed)
- *     lock                   proper-lockfile's lock directory
+ *     corrupt/               configurations that could not be read, moved aside by recover()
+ *     lock                   the lock directory (lock.ts)
  *
  * Readers need no lock (every write is an atomic rename); writers run inside
  * `exclusive`.
@@ -30,6 +34,8 @@ export class Store {
   root: string;
   readonly index: ReferenceIndex;
   private ready: Promise<void> | undefined;
+  /** Whether the layout was made once (by this Store), so that its absence now means damage. */
+  private opened = false;
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -45,12 +51,15 @@ export class Store {
   }
 
   /**
-   * Creates the layout and makes sure the reference index was built in this boot, once
-   * per Store; idempotent across processes. A failed attempt is retried next time.
+   * Creates the layout, once per Store; idempotent across processes. A failed attempt
+   * is retried next time. Takes no lock, so that reads are answered even where the lock
+   * cannot be taken (a read-only file system): the reference index is made current by
+   * `exclusive`, and read without it only when it is current (`indexIsCurrent`).
    */
   open(): Promise<void> {
+    // A layout directory deleted under a live runtime is made again by the next call.
+    if (this.ready !== undefined && this.opened && !this.layoutIntact()) this.ready = undefined;
     this.ready ??= this.createLayout()
-      .then(() => withStoreLock(this.root, () => this.ensureIndex()))
       .catch((error: unknown) => {
         this.ready = undefined;
         if (error instanceof ContainerVolumesError) throw error;
@@ -63,10 +72,16 @@ export class Store {
 
   private async createLayout(): Promise<void> {
     await fs.mkdir(this.root, { recursive: true, mode: 0o711 });
-    for (const dir of ['volumes', 'containers', 'pending', 'trash']) {
+    for (const dir of LAYOUT) {
       await fs.mkdir(path.join(this.root, dir), { recursive: true, mode: 0o700 });
     }
     this.root = await fs.realpath(this.root);
+    this.opened = true;
+  }
+
+  /** A few stats, so that every call can afford it. */
+  private layoutIntact(): boolean {
+    return LAYOUT.every((dir) => existsSync(path.join(this.root, dir)));
   }
 
   /** Runs `fn` holding the store's lock, with the reference index checked current first. */
@@ -75,19 +90,37 @@ export class Store {
     return withStoreLock(this.root, async () => {
       await this.ensureIndex();
       return fn();
-    });
+    }).catch((error: unknown) => this.failed(error));
+  }
+
+  /**
+   * What a call that failed on one of the store's own files throws: ERR_STORE_UNAVAILABLE
+   * naming the state directory, with the system error as its cause. The layout is
+   * checked again by the next call, which makes what is missing.
+   */
+  private failed(error: unknown): never {
+    const file = (error as NodeJS.ErrnoException | undefined)?.path;
+    if (error instanceof ContainerVolumesError || typeof file !== 'string' || !(file === this.root || file.startsWith(`${this.root}/`))) throw error;
+    this.ready = undefined;
+    this.index.forgetCurrent();
+    throw new ContainerVolumesError('ERR_STORE_UNAVAILABLE', `the store at ${this.root} failed: ${(error as Error).message}`, { cause: error });
   }
 
   /** Rebuilds the reference index unless it was built in this boot (another process may have rebuilt it meanwhile). */
   private async ensureIndex(): Promise<void> {
-    if (!(await this.index.isCurrent(currentBootId()))) await this.rebuildIndex();
+    if (!(await this.indexIsCurrent())) await this.rebuildIndex();
+  }
+
+  /** Whether the reference index was built in this boot: if not, only the configurations tell who uses a volume. */
+  indexIsCurrent(): Promise<boolean> {
+    return this.index.isCurrent(currentBootId());
   }
 
   /** Rebuilds the reference index from the configurations and the volume directories. */
   async rebuildIndex(): Promise<void> {
     assertLockHeld(this.root);
     const [configs, volumeIds] = await Promise.all([this.readAll(), this.volumeIdsOnDisk()]);
-    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`), () => assertLockHeld(this.root));
   }
 
   /**
@@ -102,7 +135,9 @@ export class Store {
       if (added > 0) debugStore('repaired the reference index: %d entries added', added);
       return;
     }
-    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`));
+    await this.index.rebuild(configs, volumeIds, currentBootId(), path.join(this.root, 'trash', `index.${Date.now()}`), () =>
+      assertLockHeld(this.root),
+    );
   }
 
   async readContainer(containerId: string): Promise<ContainerConfig> {
@@ -131,16 +166,31 @@ export class Store {
   /** Every container, oldest first. A file whose name is not `<uuid>.json` is not ours and is skipped. */
   async readAllContainers(): Promise<ContainerConfig[]> {
     await this.open();
-    return this.readAll();
+    return this.readAll().catch((error: unknown) => this.failed(error));
   }
 
-  private async readAll(): Promise<ContainerConfig[]> {
+  /**
+   * Every container that can be read, and the ids of those whose configuration is
+   * corrupt with the error, for recover(): under the lock.
+   */
+  async readAllOrCorrupt(): Promise<{ configs: ContainerConfig[]; corrupt: { containerId: string; error: ContainerVolumesError }[] }> {
+    const corrupt: { containerId: string; error: ContainerVolumesError }[] = [];
+    const configs = await this.readAll((containerId, error) => corrupt.push({ containerId, error })).catch((error: unknown) => this.failed(error));
+    return { configs, corrupt };
+  }
+
+  private async readAll(onCorrupt?: (containerId: string, error: ContainerVolumesError) => void): Promise<ContainerConfig[]> {
     const names = await fs.readdir(path.join(this.root, 'containers'));
     const ids = names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
     const configs: ContainerConfig[] = [];
+    const read = (id: string) =>
+      this.readConfig(id, this.configFile(id)).catch((error: unknown) => {
+        if (onCorrupt && error instanceof ContainerVolumesError && error.code === 'ERR_CORRUPT_CONFIG') return void onCorrupt(id, error);
+        return ifRemoved(error);
+      });
     // In batches: all at once would run out of file descriptors on a large store.
     for (let i = 0; i < ids.length; i += READ_BATCH) {
-      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map((id) => this.readConfig(id, this.configFile(id)).catch(ifRemoved)));
+      const batch = await Promise.all(ids.slice(i, i + READ_BATCH).map(read));
       configs.push(...batch.filter((config): config is ContainerConfig => config !== undefined));
     }
     return configs.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
@@ -162,16 +212,38 @@ export class Store {
     const after = new Set(config.volumes.map((v) => v.volumeId));
     const gained = [...after].filter((id) => !before.has(id));
     this.index.add(config.id, gained);
-    // A volume directory made for this configuration must be durable before it is named.
-    await writeFileAtomic(this.configFile(config.id), serializeConfig(config), gained.length > 0 ? [path.join(this.root, 'volumes')] : []);
+    await writeFileAtomic(this.configFile(config.id), serializeConfig(config), {
+      // A volume directory made for this configuration must be durable before it is named.
+      syncFirst: gained.length > 0 ? [path.join(this.root, 'volumes')] : [],
+      beforeRename: () => assertLockHeld(this.root),
+    });
+    assertLockHeld(this.root);
     this.index.remove(config.id, [...before].filter((id) => !after.has(id)));
     debugStore('wrote container %s', config.id);
+  }
+
+  /**
+   * Moves a configuration that cannot be read to `corrupt/<id>.json.<time>`, for the
+   * operator to inspect (or move back): the container is gone from the store, and the
+   * volumes only it named are no longer protected from prune(). Resolves to where it went,
+   * relative to the root.
+   */
+  async moveAside(containerId: string): Promise<string> {
+    const dir = path.join(this.root, 'corrupt');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const name = `${checkId(containerId, 'container')}.json.${Date.now()}`;
+    assertLockHeld(this.root);
+    renameSync(this.configFile(containerId), path.join(dir, name));
+    await syncDirectory(path.join(this.root, 'containers'));
+    debugStore('moved the corrupt configuration of %s to corrupt/%s', containerId, name);
+    return `corrupt/${name}`;
   }
 
   async deleteContainer(config: ContainerConfig): Promise<void> {
     assertLockHeld(this.root);
     unlinkSync(this.configFile(config.id));
     await syncDirectory(path.join(this.root, 'containers'));
+    assertLockHeld(this.root);
     this.index.remove(config.id, config.volumes.map((v) => v.volumeId));
     debugStore('deleted container %s', config.id);
   }
@@ -232,7 +304,7 @@ export class Store {
   /** Every volume directory; anything under volumes/ whose name is not a uuid is not ours and is skipped. */
   async listVolumeIds(): Promise<string[]> {
     await this.open();
-    return this.volumeIdsOnDisk();
+    return this.volumeIdsOnDisk().catch((error: unknown) => this.failed(error));
   }
 
   private async volumeIdsOnDisk(): Promise<string[]> {
@@ -248,11 +320,12 @@ export class Store {
   /**
    * Deletes a volume and its data. The directory is first renamed into trash/ so the
    * volume vanishes from the store in one atomic step; a crash during the slow
-   * recursive removal leaves only trash behind.
+   * recursive removal, or a removal that fails, leaves only trash behind, which
+   * recover() empties.
    */
   async deleteVolumeDir(volumeId: string): Promise<void> {
     assertLockHeld(this.root);
-    const trashed = path.join(this.root, 'trash', `${checkId(volumeId, 'volume')}.${Date.now()}`);
+    const trashed = path.join(this.trashDir(), `${checkId(volumeId, 'volume')}.${Date.now()}`);
     try {
       renameSync(this.volumeDir(volumeId), trashed);
     } catch (error) {
@@ -264,8 +337,27 @@ export class Store {
       });
     }
     this.index.forget(volumeId, { refs: true });
-    await fs.rm(trashed, { recursive: true, force: true });
     debugStore('deleted volume %s', volumeId);
+    await this.emptyTrash(path.basename(trashed));
+  }
+
+  trashDir(): string {
+    return path.join(this.root, 'trash');
+  }
+
+  /**
+   * Deletes `trash/<name>` with everything under it; resolves to whether it is gone.
+   * The volume it was is already out of the store, so a failure (something mounted
+   * inside, an I/O error) is only logged: recover() tries again.
+   */
+  async emptyTrash(name: string): Promise<boolean> {
+    try {
+      await removeTree(path.join(this.trashDir(), name), this.trashDir());
+      return true;
+    } catch (error) {
+      debugStore('trash/%s stays: %s', name, (error as Error).message);
+      return false;
+    }
   }
 }
 

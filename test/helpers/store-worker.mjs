@@ -11,9 +11,16 @@
 //     Takes the store lock through the library itself (runtime.mount with a mounter
 //     whose mount() never returns), prints {"op":"locked"} and waits to be killed.
 //
+//   node store-worker.mjs unmount-paused <root> <rootfsDir>
+//     Creates and mounts a container, prints {"op":"unmounting","id":…} from inside
+//     runtime.unmount (its mounter's unmount) and waits there, blocking, until the file
+//     <rootfsDir>/resume exists (the test SIGSTOPs it meanwhile); then prints
+//     {"op":"unmounted"} or {"op":"error",…}.
+//
 //   node store-worker.mjs hold-lock-raw <root>
-//     Takes the store lock with proper-lockfile directly, with the options of
-//     src/store/lock.ts, prints {"op":"locked"} and waits to be killed.
+//     Takes the store lock with proper-lockfile, as earlier versions of the library
+//     did (src/store/lock.ts keeps its protocol), prints {"op":"locked"} and waits to
+//     be killed.
 import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -154,6 +161,32 @@ async function holdLockThroughLibrary(root, rootfsDir) {
   await runtime.mount(id);
 }
 
+async function unmountPaused(root, rootfsDir) {
+  const rootfs = path.join(rootfsDir, 'paused');
+  const resumeFile = path.join(rootfsDir, 'resume');
+  await fs.mkdir(rootfs, { recursive: true });
+  const fake = new FakeMounter();
+  let id;
+  const pausing = {
+    mount: (request) => fake.mount(request),
+    list: (rootfs) => fake.list(rootfs),
+    unmount: async (target) => {
+      print({ op: 'unmounting', id });
+      // Waits without ever yielding to the event loop, so that once resumed, the next
+      // thing this process does is go on with the unmount, as a process paused anywhere
+      // in it may (its lock's timers have had no turn to notice anything).
+      const sleeper = new Int32Array(new SharedArrayBuffer(4));
+      while (!existsSync(resumeFile)) Atomics.wait(sleeper, 0, 0, 10);
+      return fake.unmount(target);
+    },
+  };
+  const runtime = new ContainerRuntime({ root, mounter: pausing });
+  ({ id } = await runtime.create({ rootfs, volumes: ['/data'] }));
+  await runtime.mount(id);
+  await runtime.unmount(id);
+  print({ op: 'unmounted', id });
+}
+
 async function holdLockRaw(root) {
   const { default: lockfile } = await import('proper-lockfile');
   await fs.mkdir(root, { recursive: true });
@@ -174,6 +207,8 @@ try {
     await runOperations(root, rootfsDir, Number(worker), Number(operations));
   } else if (mode === 'hold-lock-library') {
     await holdLockThroughLibrary(args[0], args[1]);
+  } else if (mode === 'unmount-paused') {
+    await unmountPaused(args[0], args[1]);
   } else if (mode === 'hold-lock-raw') {
     await holdLockRaw(args[0]);
   } else {

@@ -524,7 +524,7 @@ describe('recover() as a whole', () => {
     { what: 'an id that is not its file name', text: (id: string) => JSON.stringify(corruptBase(id, { id: randomUUID() })) },
     { what: 'a volume id pointing outside the store', text: (id: string) => JSON.stringify(corruptBase(id, { volumes: [{ path: '/data', volumeId: '../../etc', mode: 'rw', origin: 'created' }] })) },
     { what: 'a rootfs of /', text: (id: string) => JSON.stringify(corruptBase(id, { rootfs: '/' })) },
-  ])('a corrupt configuration ($what) stops recover() with ERR_CORRUPT_CONFIG before it changes anything', async ({ text }) => {
+  ])('a corrupt configuration ($what) is moved aside and reported in failed; no half-created volume is deleted in that run', async ({ text }) => {
     const w = world();
     const stray = await w.runtime.create({ rootfs: w.rootfs('stray'), volumes: ['/data'] });
     await mountByHand(w.volumeDir(volumeOf(stray, '/data')), stray.rootfs, '/data', 'rw');
@@ -537,15 +537,26 @@ describe('recover() as a whole', () => {
     fs.writeFileSync(path.join(w.root, 'containers', `.${lost.id}.json.000000000000.tmp`), '');
     fs.mkdirSync(path.join(w.root, 'trash', `${randomUUID()}.1`));
     const corruptId = randomUUID();
-    fs.writeFileSync(path.join(w.root, 'containers', `${corruptId}.json`), text(corruptId));
-    const tree = await snapshotTree(w.dir);
-    const mounts = table(w.dir);
+    const corruptText = text(corruptId);
+    fs.writeFileSync(path.join(w.root, 'containers', `${corruptId}.json`), corruptText);
 
-    const error = await expectCode(w.restarted().recover(), 'ERR_CORRUPT_CONFIG');
+    const report = await w.restarted().recover();
 
-    expect(error.message).toContain(corruptId);
-    expect(await snapshotTree(w.dir)).toEqual(tree);
-    expect(table(w.dir)).toEqual(mounts);
+    const [moved, ...more] = fs.readdirSync(path.join(w.root, 'corrupt'));
+    expect(more).toEqual([]);
+    expect(fs.readFileSync(path.join(w.root, 'corrupt', moved!), 'utf8')).toBe(corruptText);
+    expect(report.failed).toEqual([{ containerId: corruptId, code: 'ERR_CORRUPT_CONFIG', message: expect.stringContaining(`corrupt/${moved}`) }]);
+    expect(report.failed[0]!.message).toContain(corruptId);
+    // The moved configuration may have named it: kept until the next run.
+    expect(report.removedVolumes).toEqual([]);
+    expect(fs.existsSync(w.volumeDir(half))).toBe(true);
+    // The rest is repaired as usual.
+    expect(report.unmounted).toEqual([{ containerId: stray.id, path: '/data' }]);
+    expect(report.remounted).toEqual([{ containerId: lost.id, path: '/data' }]);
+    expect(table(w.dir)).toEqual([['rootfs/lost/data', w.volumeDir(volumeOf(lost, '/data')), 'rw']]);
+
+    expect(await w.restarted().recover()).toEqual({ ...NOTHING, removedVolumes: [half] });
+    await expectNothingLeft(w.restarted());
   });
 });
 

@@ -71,7 +71,7 @@ describe('create: volumes made with a container (seed §1)', () => {
     const fsRoot = await rootfs('evil');
     await fs.symlink(secret, path.join(fsRoot, 'data'));
     await fs.symlink('/', path.join(fsRoot, 'up'));
-    await runtime.list();
+    await runtime.volumes.prune();
     const before = await snapshotTree(root);
     const error = await expectCode(runtime.create({ rootfs: fsRoot, volumes: ['/data'] }), 'ERR_PATH_ESCAPES_ROOTFS');
     expect(error.message).toMatch(/data is a symlink/);
@@ -83,7 +83,8 @@ describe('create: volumes made with a container (seed §1)', () => {
     const { runtime, root, rootfs } = await sandbox();
     const fsRoot = await rootfs('c');
     await fs.writeFile(path.join(fsRoot, 'data'), 'a file');
-    await runtime.list(); // creates the store layout so the snapshot compares like with like
+    // A change (reads take no lock) makes the store's layout and its reference index, so the snapshot compares like with like.
+    await runtime.volumes.prune();
     const before = await snapshotTree(root);
     await expectCode(runtime.create({ rootfs: fsRoot, volumes: ['/ok', '/data'] }), 'ERR_MOUNT_POINT_NOT_DIRECTORY');
     await expectCode(runtime.create({ rootfs: fsRoot, volumes: ['/data'], copyUp: false }), 'ERR_MOUNT_POINT_NOT_DIRECTORY');

@@ -205,7 +205,7 @@ describe('a lock left by a killed process (SPEC §5)', () => {
   // kills at once, to keep the suite short.
   test.each([
     { how: 'held through the library (runtime.mount stuck in the mounter)', mode: 'hold-lock-library', aliveFor: STALE_MS + 1_000 },
-    { how: 'held with proper-lockfile directly, same options as src/store/lock.ts', mode: 'hold-lock-raw', aliveFor: 200 },
+    { how: 'held with proper-lockfile, as earlier versions did (same protocol, same stale time)', mode: 'hold-lock-raw', aliveFor: 200 },
   ])(
     '$how: waited for while the holder lives, taken over after SIGKILL',
     async ({ mode, aliveFor }) => {
@@ -245,4 +245,32 @@ describe('a lock left by a killed process (SPEC §5)', () => {
     },
     30_000,
   );
+});
+
+describe('a process paused while it holds the lock (SPEC §5)', () => {
+  test('paused inside unmount(X) while another process takes the stale lock and removes X with its volumes: once resumed it changes nothing', async () => {
+    const dir = await tempDir('cv-paused-');
+    const root = path.join(dir, 'state');
+    const paused = startWorker(['unmount-paused', root, path.join(dir, 'rootfs')]);
+    const { id } = await paused.waitFor('unmounting');
+    // A cgroup freeze or a VM pause, in real life.
+    paused.child.kill('SIGSTOP');
+
+    const runtime = new ContainerRuntime({ root, mounter: new FakeMounter() });
+    const [{ volumeId }] = (await runtime.get(id!)).volumes;
+    // Waits until the paused holder's lock is stale, then takes it over.
+    await runtime.remove(id!, { force: true, volumes: true });
+    expect(existsSync(path.join(root, 'volumes', volumeId!))).toBe(false);
+
+    await fs.writeFile(path.join(dir, 'rootfs', 'resume'), '');
+    paused.child.kill('SIGCONT');
+    const run = await paused.done;
+    expect(run.acks.at(-1)).toMatchObject({ op: 'error', code: 'ERR_LOCK_FAILED' });
+
+    // X stays removed: its configuration was not written back naming a deleted volume.
+    await expect(runtime.get(id!)).rejects.toMatchObject({ code: 'ERR_CONTAINER_NOT_FOUND' });
+    expect(existsSync(path.join(root, 'containers', `${id}.json`))).toBe(false);
+    expect(await runtime.list()).toEqual([]);
+    expect(await runtime.volumes.list()).toEqual([]);
+  }, 30_000);
 });

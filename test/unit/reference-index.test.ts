@@ -39,13 +39,13 @@ describe('the reference index: derived from the configurations, never the truth'
     expect(await fs.readdir(path.join(w.root, 'volumes'))).toEqual([]);
   });
 
-  test('an index from another boot is rebuilt: a stale entry from before is gone', async () => {
+  test('an index from another boot is rebuilt by the first change: a stale entry from before is gone', async () => {
     const w = await world();
     const stale = '00000000-0000-4000-8000-000000000000';
     await fs.writeFile(path.join(w.index, 'refs', w.dataVolume, stale), '');
     await fs.writeFile(path.join(w.index, 'boot-id'), '11111111-1111-4111-8111-111111111111');
     const next = new ContainerRuntime({ root: w.root, mounter: new FakeMounter() });
-    await next.list();
+    await next.volumes.prune();
     expect(await fs.readdir(path.join(w.index, 'refs', w.dataVolume))).toEqual([w.db.id, w.app.id].sort());
   });
 
