@@ -1,5 +1,7 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { ContainerVolumesError } from './errors.js';
 import { currentBootId } from './store/boot-id.js';
+import type { ContainerConfig } from './store/container-config.js';
 
 /**
  * Where a container's mounts are: a mount namespace, and a process known to be in it.
@@ -7,9 +9,8 @@ import { currentBootId } from './store/boot-id.js';
  * namespace must neither remake them nor delete what they hold.
  */
 export interface MountNamespace {
-  /** The namespace as the kernel names it, `mnt:[<inode>]`: unique among live namespaces of one boot. */
-  id: string;
-  bootId: string;
+  /** The namespace as the kernel names it, `mnt:[<inode>]`: unique among the live namespaces of one boot. */
+  namespace: string;
   /** A process that was in it, and its start time (clock ticks after boot): a reused pid has another. */
   pid: number;
   startTime: number;
@@ -25,13 +26,8 @@ let current: MountNamespace | undefined;
 
 /** The namespace this process mounts in. A process cannot change it: Node is multi-threaded and `setns` refuses. */
 export function currentMountNamespace(): MountNamespace {
-  current ??= { id: readlinkSync('/proc/self/ns/mnt'), bootId: currentBootId(), pid: process.pid, startTime: startTimeOf(process.pid) as number };
+  current ??= { namespace: readlinkSync('/proc/self/ns/mnt'), pid: process.pid, startTime: startTimeOf(process.pid) as number };
   return current;
-}
-
-export function isCurrentNamespace(ns: MountNamespace): boolean {
-  const here = currentMountNamespace();
-  return ns.id === here.id && ns.bootId === here.bootId;
 }
 
 /**
@@ -40,11 +36,16 @@ export function isCurrentNamespace(ns: MountNamespace): boolean {
  * keeps it (and its mounts) alive, so every process is looked at. A namespace of an
  * earlier boot is gone.
  */
-export function isNamespaceAlive(ns: MountNamespace): boolean {
-  if (ns.bootId !== currentBootId()) return false;
-  if (isCurrentNamespace(ns)) return true;
-  if (startTimeOf(ns.pid) === ns.startTime && namespaceOf(ns.pid) === ns.id) return true;
-  return processesIn(ns.id).length > 0;
+export function isNamespaceAlive(ns: MountNamespace, bootId: string): boolean {
+  return processInNamespace(ns, bootId) !== undefined;
+}
+
+/** A process in the namespace now (the recorded one if it still is), to read its mounts through; none once it is gone. */
+export function processInNamespace(ns: MountNamespace, bootId: string): number | undefined {
+  if (bootId !== currentBootId()) return undefined;
+  if (ns.namespace === currentMountNamespace().namespace) return process.pid;
+  if (startTimeOf(ns.pid) === ns.startTime && namespaceOf(ns.pid) === ns.namespace) return ns.pid;
+  return processesIn(ns.namespace)[0];
 }
 
 /** The pids of the processes in a mount namespace now. */
@@ -78,4 +79,26 @@ export function startTimeOf(pid: number): number | undefined {
   // fields[0] is field 3 (state), so field 22 is fields[19].
   const value = Number(fields[19]);
   return Number.isSafeInteger(value) ? value : undefined;
+}
+
+/**
+ * Where a container's mounts are, as this process sees them: `'here'` (its own
+ * namespace; also a record that names none), `'nowhere'` (not mounted, or mounted in a
+ * namespace that is gone, or in an earlier boot), or the other namespace, still alive.
+ */
+export function whereMounted(config: ContainerConfig): 'here' | 'nowhere' | MountNamespace {
+  if (!config.mounted) return 'nowhere';
+  const boot = config.mountedInBoot ?? currentBootId();
+  if (boot !== currentBootId()) return 'nowhere';
+  const ns = config.mountedIn;
+  if (ns === undefined || ns.namespace === currentMountNamespace().namespace) return 'here';
+  return processInNamespace(ns, boot) === undefined ? 'nowhere' : ns;
+}
+
+/** The refusal of a change that would have to be made in another mount namespace, where this process cannot act. */
+export function mountedElsewhere(config: ContainerConfig, ns: MountNamespace, doing: string): ContainerVolumesError {
+  return new ContainerVolumesError(
+    'ERR_MOUNTED_IN_OTHER_NAMESPACE',
+    `cannot ${doing} container ${config.id}: it is mounted in mount namespace ${ns.namespace} (process ${ns.pid}), not in this process's ${currentMountNamespace().namespace}; do it from a process in that namespace`,
+  );
 }

@@ -32,7 +32,7 @@ const KILLS = Number(process.env.KILL_HARNESS_KILLS ?? 220);
 const SEED = Number(process.env.KILL_HARNESS_SEED ?? Date.now() % 2 ** 31);
 /** Above this many containers the harness removes the oldest, so a round's cost stays flat. */
 const MAX_CONTAINERS = 20;
-const NOTHING: RecoveryReport = { rebooted: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
+const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let dir: string;
 /** Until the harness completes: the store of a run that failed is kept as evidence. */
@@ -150,6 +150,7 @@ describe('kill harness (SPEC §5)', () => {
     const totals = { kills: 0, checks: 0, acks: 0, refusals: 0, begun: 0, locksLeft: 0, killedBeforeWork: 0, repairs: 0 };
     const didSomething: Record<keyof RecoveryReport, { recoveries: number; items: number }> = {
       rebooted: { recoveries: 0, items: 0 },
+      namespaceGone: { recoveries: 0, items: 0 },
       removedHandlers: { recoveries: 0, items: 0 },
       unmounted: { recoveries: 0, items: 0 },
       remounted: { recoveries: 0, items: 0 },
