@@ -10,7 +10,8 @@ import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { checkDeletable, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
-import { currentMountNamespace, mountedElsewhere, whereMounted } from './mount-namespace.js';
+import { currentMountNamespace } from './mount-namespace.js';
+import { mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
 import { recordNamespace } from './store/namespace-registry.js';
 import type { VolumeMount } from './types.js';
 
@@ -73,7 +74,7 @@ async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise
 
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
-  const where = whereMounted(config);
+  const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'mount');
   await checkVolumesExist(ctx, config);
   const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
@@ -106,7 +107,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
-  const where = whereMounted(config);
+  const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'unmount');
   await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
   if (!config.mounted) return config;
@@ -120,7 +121,7 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
   if (config.mounted && !force) {
     throw new ContainerVolumesError('ERR_CONTAINER_MOUNTED', `container ${containerId} is mounted: unmount it first or pass { force: true }`);
   }
-  const where = whereMounted(config);
+  const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'remove');
   let orphans: string[] = [];
   if (withVolumes) {

@@ -1,7 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { ContainerVolumesError } from './errors.js';
 import { currentBootId } from './store/boot-id.js';
-import type { ContainerConfig } from './store/container-config.js';
 
 /**
  * Where a container's mounts are: a mount namespace, and a process known to be in it.
@@ -31,16 +29,13 @@ export function currentMountNamespace(): MountNamespace {
 }
 
 /**
- * Whether the namespace still exists, so mounts made in it may still be in use. The
- * recorded process is asked first; when it is gone, any process still in the namespace
- * keeps it (and its mounts) alive, so every process is looked at. A namespace of an
- * earlier boot is gone.
+ * A process in the namespace with the recorded id now, through which its mounts can be
+ * read: the recorded process if it still is (its start time tells it from a reused pid),
+ * else any; none once no process has it, or for a namespace of an earlier boot. The
+ * kernel hands a dead namespace's id to the next new one, so a process found by the id
+ * alone may be in a new namespace: callers look at what is mounted there
+ * (mounted-elsewhere.ts).
  */
-export function isNamespaceAlive(ns: MountNamespace, bootId: string): boolean {
-  return processInNamespace(ns, bootId) !== undefined;
-}
-
-/** A process in the namespace now (the recorded one if it still is), to read its mounts through; none once it is gone. */
 export function processInNamespace(ns: MountNamespace, bootId: string): number | undefined {
   if (bootId !== currentBootId()) return undefined;
   if (ns.namespace === currentMountNamespace().namespace) return process.pid;
@@ -79,26 +74,4 @@ export function startTimeOf(pid: number): number | undefined {
   // fields[0] is field 3 (state), so field 22 is fields[19].
   const value = Number(fields[19]);
   return Number.isSafeInteger(value) ? value : undefined;
-}
-
-/**
- * Where a container's mounts are, as this process sees them: `'here'` (its own
- * namespace; also a record that names none), `'nowhere'` (not mounted, or mounted in a
- * namespace that is gone, or in an earlier boot), or the other namespace, still alive.
- */
-export function whereMounted(config: ContainerConfig): 'here' | 'nowhere' | MountNamespace {
-  if (!config.mounted) return 'nowhere';
-  const boot = config.mountedInBoot ?? currentBootId();
-  if (boot !== currentBootId()) return 'nowhere';
-  const ns = config.mountedIn;
-  if (ns === undefined || ns.namespace === currentMountNamespace().namespace) return 'here';
-  return processInNamespace(ns, boot) === undefined ? 'nowhere' : ns;
-}
-
-/** The refusal of a change that would have to be made in another mount namespace, where this process cannot act. */
-export function mountedElsewhere(config: ContainerConfig, ns: MountNamespace, doing: string): ContainerVolumesError {
-  return new ContainerVolumesError(
-    'ERR_MOUNTED_IN_OTHER_NAMESPACE',
-    `cannot ${doing} container ${config.id}: it is mounted in mount namespace ${ns.namespace} (process ${ns.pid}), not in this process's ${currentMountNamespace().namespace}; do it from a process in that namespace`,
-  );
 }

@@ -8,8 +8,7 @@ import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import { currentBootId } from './store/boot-id.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { isAlive } from './process-alive.js';
-import { isNamespaceAlive, whereMounted } from './mount-namespace.js';
-import { forgetNamespace, knownNamespaces } from './store/namespace-registry.js';
+import { forgetIdleNamespaces, whereMounted } from './mounted-elsewhere.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {
@@ -61,7 +60,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
       report.removedHandlers.push(config.id);
       continue;
     }
-    const where = whereMounted(config);
+    const where = await whereMounted(ctx, config);
     if (config.mounted && where === 'nowhere') {
       const { mountedInBoot: _, mountedIn: __, ...reset } = { ...config, mounted: false };
       await ctx.store.writeContainer(reset, config);
@@ -74,7 +73,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
     kept.push(config);
   }
   configs = kept;
-  report.removedFiles.push(...forgetDeadNamespaces(ctx));
+  report.removedFiles.push(...(await forgetIdleNamespaces(ctx)));
 
   const named = new Set(configs.flatMap((c) => c.volumes.map((v) => v.volumeId)));
   for (const { containerId, volumeIds } of await ctx.store.readPending()) {
@@ -208,13 +207,3 @@ async function removeDebris(ctx: Context): Promise<string[]> {
   return removed;
 }
 
-/** Entries of the namespace registry whose namespace is gone. */
-function forgetDeadNamespaces(ctx: Context): string[] {
-  const forgotten: string[] = [];
-  for (const ns of knownNamespaces(ctx.store.root)) {
-    if (isNamespaceAlive(ns, ns.bootId)) continue;
-    forgetNamespace(ctx.store.root, ns.namespace);
-    forgotten.push(`namespaces/${ns.namespace.slice(5, -1)}.json`);
-  }
-  return forgotten;
-}

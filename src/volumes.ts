@@ -3,7 +3,7 @@ import type { Context } from './context.js';
 import { debugStore } from './debug.js';
 import { prepareVolumeContent } from './rootfs/copy-up.js';
 import { newId } from './spec/ids.js';
-import { checkNotMountedAnywhere } from './volume-mounts.js';
+import { checkNotMountedAnywhere } from './mounted-elsewhere.js';
 import type { VolumeMount, VolumeUse } from './types.js';
 
 /**

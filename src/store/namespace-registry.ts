@@ -14,15 +14,20 @@ export interface KnownNamespace extends MountNamespace {
   bootId: string;
 }
 
-const recorded = new Set<string>();
-
-/** Records the namespace, once per process and store. */
+/**
+ * Records the namespace before a mount is made in it. Checked at every mount, not
+ * once per process: recover() forgets an entry whose namespace holds no volume.
+ */
 export function recordNamespace(root: string, ns: MountNamespace, bootId: string): void {
   const file = entryFile(root, ns.namespace);
-  if (recorded.has(file)) return;
+  const entry = `${JSON.stringify({ ...ns, bootId })}\n`;
+  try {
+    if (readFileSync(file, 'utf8') === entry) return;
+  } catch {
+    // not recorded yet
+  }
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  writeFileAtomicUndurable(file, `${JSON.stringify({ ...ns, bootId })}\n`);
-  recorded.add(file);
+  writeFileAtomicUndurable(file, entry);
 }
 
 /** The namespaces recorded; an entry that does not parse is skipped (it can name nothing of use). */
@@ -50,9 +55,7 @@ export function knownNamespaces(root: string): KnownNamespace[] {
 }
 
 export function forgetNamespace(root: string, namespace: string): void {
-  const file = entryFile(root, namespace);
-  rmSync(file, { force: true });
-  recorded.delete(file);
+  rmSync(entryFile(root, namespace), { force: true });
 }
 
 function entryFile(root: string, namespace: string): string {

@@ -1,14 +1,16 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { afterEach, beforeAll, describe, expect, test } from '@jest/globals';
-import { currentMountNamespace, isNamespaceAlive, type MountNamespace, processesIn, startTimeOf } from '../../src/mount-namespace.js';
+import { currentMountNamespace, type MountNamespace, processesIn, processInNamespace, startTimeOf } from '../../src/mount-namespace.js';
 import { currentBootId } from '../../src/store/boot-id.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
- * Telling whether a mount namespace is still alive, so that mounts made in it are
- * respected: by its recorded process, by any other process in it, and never by a pid
- * that was reused by a process elsewhere.
+ * Finding a process in a recorded mount namespace, through which its mounts are read:
+ * the recorded one, any other in it once that one is gone, never a reused pid that is
+ * elsewhere. Once the namespace is gone, the kernel may hand its id to a new namespace
+ * (another test run's, say): then what is found is a process of that one, never the
+ * recorded process.
  */
 
 const children: ChildProcess[] = [];
@@ -43,22 +45,29 @@ function exited(child: ChildProcess): Promise<void> {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
+/** No process of the recorded namespace: nothing, or a process of a new namespace given its id. */
+function expectGone(ns: MountNamespace): void {
+  const found = processInNamespace(ns, boot);
+  expect(found).not.toBe(ns.pid);
+  if (found !== undefined) expect(fs.readlinkSync(`/proc/${found}/ns/mnt`)).toBe(ns.namespace);
+}
+
 describe('mount namespaces', () => {
   test('this process: its own namespace, alive', () => {
     const ns = currentMountNamespace();
     expect(ns.namespace).toBe(fs.readlinkSync('/proc/self/ns/mnt'));
     expect(ns.pid).toBe(process.pid);
-    expect(isNamespaceAlive(ns, boot)).toBe(true);
+    expect(processInNamespace(ns, boot)).toBe(process.pid);
     expect(processesIn(ns.namespace)).toContain(process.pid);
   });
 
-  test('another namespace is alive while its process runs, and gone once it exits', async () => {
+  test('another namespace: its recorded process while it runs, and never again once it exits', async () => {
     const { child, ns } = await inNewNamespace();
     expect(ns.namespace).not.toBe(currentMountNamespace().namespace);
-    expect(isNamespaceAlive(ns, boot)).toBe(true);
+    expect(processInNamespace(ns, boot)).toBe(ns.pid);
     child.kill('SIGKILL');
     await exited(child);
-    expect(isNamespaceAlive(ns, boot)).toBe(false);
+    expectGone(ns);
   });
 
   test('the recorded process gone, another process in the namespace keeps it alive', async () => {
@@ -68,12 +77,13 @@ describe('mount namespaces', () => {
     expect(before.length).toBe(2);
     child.kill('SIGKILL');
     await exited(child);
-    expect(isNamespaceAlive(ns, boot)).toBe(true);
     const left = processesIn(ns.namespace);
     expect(left.length).toBe(1);
-    for (const pid of left) process.kill(pid, 'SIGKILL');
-    for (let i = 0; i < 200 && processesIn(ns.namespace).length > 0; i++) await new Promise((resolve) => setTimeout(resolve, 5));
-    expect(isNamespaceAlive(ns, boot)).toBe(false);
+    expect(processInNamespace(ns, boot)).toBe(left[0]);
+    const sleeper = left[0] as number;
+    process.kill(sleeper, 'SIGKILL');
+    while (fs.existsSync(`/proc/${sleeper}/ns`)) await new Promise((resolve) => setTimeout(resolve, 5));
+    expectGone(ns);
   });
 
   test('a reused pid is not taken for the recorded process', async () => {
@@ -82,13 +92,13 @@ describe('mount namespaces', () => {
     const reused: MountNamespace = { ...ns, startTime: ns.startTime + 1 };
     child.kill('SIGKILL');
     await exited(child);
-    expect(isNamespaceAlive(reused, boot)).toBe(false);
+    expectGone(reused);
     // And a live pid of this namespace recorded against the dead one proves nothing.
-    expect(isNamespaceAlive({ ...ns, pid: process.pid, startTime: currentMountNamespace().startTime }, boot)).toBe(false);
+    expectGone({ ...ns, pid: process.pid, startTime: currentMountNamespace().startTime });
   });
 
   test('a namespace of an earlier boot is gone, even if its id is in use now', () => {
     const ns = currentMountNamespace();
-    expect(isNamespaceAlive(ns, '00000000-0000-4000-8000-000000000000')).toBe(false);
+    expect(processInNamespace(ns, '00000000-0000-4000-8000-000000000000')).toBeUndefined();
   });
 });
