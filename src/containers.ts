@@ -8,8 +8,11 @@ import { newId } from './spec/ids.js';
 import { compareParentsFirst } from './spec/volume-path.js';
 import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
-import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
+import { checkDeletable, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
+import { currentMountNamespace } from './mount-namespace.js';
+import { mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
+import { recordNamespace } from './store/namespace-registry.js';
 import type { VolumeMount } from './types.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
@@ -71,17 +74,23 @@ async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise
 
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
+  const where = await whereMounted(ctx, config);
+  if (typeof where === 'object') throw mountedElsewhere(config, where, 'mount');
   await checkVolumesExist(ctx, config);
   const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
   const guard = () => ctx.store.assertLocked();
-  if (config.mounted) {
+  if (where === 'here') {
     await applyPlan(ctx.mounter, plan, guard);
     return config;
   }
   // Intent is recorded before the first mount (as containerd does): a process killed
   // half-way leaves a container that says it is mounted, so `remove` still refuses it
   // without force and `mount`/`unmount` finish the job, instead of mounts nobody knows of.
-  const mounted = { ...config, mounted: true, mountedInBoot: currentBootId() };
+  // A record of a namespace that is gone, or of an earlier boot, is replaced: nothing
+  // of it is mounted any more.
+  const mountedIn = currentMountNamespace();
+  recordNamespace(ctx.store.root, mountedIn, currentBootId());
+  const mounted: ContainerConfig = { ...config, mounted: true, mountedInBoot: currentBootId(), mountedIn };
   await ctx.store.writeContainer(mounted, config);
   try {
     await applyPlan(ctx.mounter, plan, guard);
@@ -98,9 +107,11 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
+  const where = await whereMounted(ctx, config);
+  if (typeof where === 'object') throw mountedElsewhere(config, where, 'unmount');
   await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
   if (!config.mounted) return config;
-  const { mountedInBoot: _, ...unmounted } = { ...config, mounted: false };
+  const { mountedInBoot: _, mountedIn: __, ...unmounted } = { ...config, mounted: false };
   await ctx.store.writeContainer(unmounted, config);
   return unmounted;
 }
@@ -110,6 +121,8 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
   if (config.mounted && !force) {
     throw new ContainerVolumesError('ERR_CONTAINER_MOUNTED', `container ${containerId} is mounted: unmount it first or pass { force: true }`);
   }
+  const where = await whereMounted(ctx, config);
+  if (typeof where === 'object') throw mountedElsewhere(config, where, 'remove');
   let orphans: string[] = [];
   if (withVolumes) {
     // Decide and check everything before changing anything, so a refusal loses nothing.
@@ -117,7 +130,7 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
       const users = await volumeUsers(ctx, volumeId, true);
       if (users.every((use) => use.containerId === containerId)) orphans.push(volumeId);
     }
-    for (const id of orphans) await checkNothingMountedIn(ctx, id);
+    for (const id of orphans) await checkDeletable(ctx, id, force ? config.rootfs : undefined);
   }
   if (force) await unmountContainer(ctx, config);
   await ctx.store.deleteContainer(config);

@@ -9,11 +9,17 @@ import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import { currentBootId } from './store/boot-id.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { isAlive } from './process-alive.js';
+import { forgetIdleNamespaces, whereMounted } from './mounted-elsewhere.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {
   /** Containers marked unmounted because the host rebooted since they were mounted (no mount survives a reboot). */
   rebooted: string[];
+  /**
+   * Containers marked unmounted because every process of the mount namespace they were
+   * mounted in has exited: their mounts went with it.
+   */
+  namespaceGone: string[];
   /** Transient handler containers whose process is gone, removed. */
   removedHandlers: string[];
   /** Mounts of the store's volumes that no configuration wants there (or stacked twice), detached. */
@@ -44,7 +50,7 @@ const MAX_STACKED = 16;
  * half-created volume, none is deleted in that run.
  */
 export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
-  const report: RecoveryReport = { rebooted: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
+  const report: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
   const read = await ctx.store.readAllOrCorrupt();
   const corrupt = read.corrupt;
   let configs = read.configs;
@@ -56,6 +62,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
 
   const boot = currentBootId();
   const kept: ContainerConfig[] = [];
+  const elsewhere = new Set<string>();
   for (const config of configs) {
     if (config.handler && !(config.handler.bootId === boot && isAlive(config.handler.pid))) {
       // Its mounts, if any, lived in the handler's own mount namespace, gone with it.
@@ -63,16 +70,20 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
       report.removedHandlers.push(config.id);
       continue;
     }
-    if (config.mounted && config.mountedInBoot !== undefined && config.mountedInBoot !== boot) {
-      const { mountedInBoot: _, ...reset } = { ...config, mounted: false };
+    const where = await whereMounted(ctx, config);
+    if (config.mounted && where === 'nowhere') {
+      const { mountedInBoot: _, mountedIn: __, ...reset } = { ...config, mounted: false };
       await ctx.store.writeContainer(reset, config);
-      report.rebooted.push(config.id);
+      (config.mountedInBoot !== undefined && config.mountedInBoot !== boot ? report.rebooted : report.namespaceGone).push(config.id);
       kept.push(reset);
       continue;
     }
+    // Mounted in another live namespace: its mounts are there, out of reach, and stay.
+    if (typeof where === 'object') elsewhere.add(config.id);
     kept.push(config);
   }
   configs = kept;
+  report.removedFiles.push(...(await forgetIdleNamespaces(ctx)));
 
   const named = new Set(configs.flatMap((c) => c.volumes.map((v) => v.volumeId)));
   for (const { containerId, volumeIds } of corrupt.length > 0 ? [] : await ctx.store.readPending()) {
@@ -92,7 +103,7 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   const volumesDir = path.join(ctx.store.root, 'volumes');
   for (const group of byRootfs(configs)) {
     try {
-      await recoverRootfs(ctx, group, volumesDir, report);
+      await recoverRootfs(ctx, group, elsewhere, volumesDir, report);
     } catch (error) {
       // A lost lock, or an error without a code, stops it. A refusal concerns this rootfs
       // alone (a rootfs turned into a symlink, a mount the kernel refuses): say so, go on.
@@ -117,12 +128,20 @@ function byRootfs(configs: readonly ContainerConfig[]): ContainerConfig[][] {
  * wrong mode, a half-made mount) and everything of ours there is detached; then the
  * plans are applied, making what is missing.
  */
-async function recoverRootfs(ctx: Context, group: readonly ContainerConfig[], volumesDir: string, report: RecoveryReport): Promise<void> {
+async function recoverRootfs(
+  ctx: Context,
+  group: readonly ContainerConfig[],
+  elsewhere: ReadonlySet<string>,
+  volumesDir: string,
+  report: RecoveryReport,
+): Promise<void> {
   const rootfs = (group[0] as ContainerConfig).rootfs;
   const mounted = group.filter((c) => c.mounted).map((config) => ({ config, plan: planMounts(config, (id) => ctx.store.volumeDir(id)) }));
   const ours = (await ctx.mounter.list(rootfs)).filter((m) => isStoreVolume(m, volumesDir));
+  // Mounts of a container mounted in another namespace that show here (propagated by a
+  // shared mount) are wanted as they are; they are never made here.
   if (!(await allWanted(ours, mounted.flatMap((m) => m.plan)))) await detachAll(ctx, group, volumesDir, report);
-  for (const { config, plan } of mounted) {
+  for (const { config, plan } of mounted.filter((m) => !elsewhere.has(m.config.id))) {
     for (const { path: p } of await applyPlan(ctx.mounter, plan, () => ctx.store.assertLocked())) {
       report.remounted.push({ containerId: config.id, path: p });
     }
@@ -201,3 +220,4 @@ async function removeDebris(ctx: Context): Promise<string[]> {
   }
   return removed;
 }
+

@@ -7,7 +7,7 @@ import { normalizeVolumePaths } from './spec/volume-path.js';
 import { checkMode } from './spec/volumes-from.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
 import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
-import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
+import { checkDeletable, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
 import { debugStore } from './debug.js';
 
 /** The context of each manager, for the ContainerRuntime that owns it: one store, one queue. */
@@ -128,7 +128,7 @@ export class VolumeManager {
           `volume ${volumeId} is in use by container${users.length > 1 ? 's' : ''} ${users.map((u) => `${u.containerId} (at ${u.path})`).join(', ')}`,
         );
       }
-      await checkNothingMountedIn(ctx, volumeId);
+      await checkDeletable(ctx, volumeId);
       await ctx.store.deleteVolumeDir(volumeId);
     });
   }
@@ -148,7 +148,7 @@ export class VolumeManager {
           continue;
         }
         try {
-          await checkNothingMountedIn(ctx, id);
+          await checkDeletable(ctx, id);
         } catch (error) {
           debugStore('prune keeps %s: %s', id, (error as Error).message);
           continue;

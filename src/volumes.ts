@@ -3,6 +3,7 @@ import type { Context } from './context.js';
 import { debugStore } from './debug.js';
 import { prepareVolumeContent } from './rootfs/copy-up.js';
 import { newId } from './spec/ids.js';
+import { checkNotMountedAnywhere } from './mounted-elsewhere.js';
 import type { VolumeMount, VolumeUse } from './types.js';
 
 /**
@@ -83,10 +84,13 @@ export async function volumeReferences(ctx: Context): Promise<Map<string, Volume
 }
 
 /**
- * Refuses to delete a volume that has something mounted inside its directory: the
- * recursive delete would walk into that mount and destroy data outside the store.
+ * Refuses to delete a volume that is mounted anywhere the store knows of (see
+ * checkNotMountedAnywhere; `exceptUnder` is the rootfs of a container being removed
+ * with force), or that has something mounted inside its directory: the recursive
+ * delete would walk into that mount and destroy data outside the store.
  */
-export async function checkNothingMountedIn(ctx: Context, volumeId: string): Promise<void> {
+export async function checkDeletable(ctx: Context, volumeId: string, exceptUnder?: string): Promise<void> {
+  await checkNotMountedAnywhere(ctx, volumeId, exceptUnder);
   const inside = await ctx.mounter.list(ctx.store.volumeDir(volumeId));
   if (inside.length > 0) {
     throw new ContainerVolumesError(

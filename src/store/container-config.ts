@@ -1,6 +1,8 @@
 import { ContainerVolumesError } from '../errors.js';
 import { rootfsProblem } from '../rootfs/check-rootfs.js';
 import { isId } from '../spec/ids.js';
+import { isBootId } from './boot-id.js';
+import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
 import { normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerInfo, VolumeMount } from '../types.js';
 
@@ -9,6 +11,8 @@ export interface ContainerConfig extends ContainerInfo {
   version: 1;
   /** The boot in which `mounted` became true: after a reboot no mount survives (recover() resets it). */
   mountedInBoot?: string;
+  /** The mount namespace in which `mounted` became true: mounts are invisible from any other. */
+  mountedIn?: MountNamespace;
   /** Set on a handler's transient container: the process running it, so recover() can remove it once that process is gone. */
   handler?: { pid: number; bootId: string };
 }
@@ -32,7 +36,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     throw corrupt(`not JSON (${(error as Error).message})`);
   }
   if (!isObject(raw)) throw corrupt('not an object');
-  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, handler } = raw;
+  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, mountedIn, handler } = raw;
   if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
   if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
@@ -44,6 +48,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   const parsed = volumes.map((entry, i) => parseVolumeMount(entry, (why) => corrupt(`volumes[${i}]: ${why}`)));
   if (new Set(parsed.map((v) => v.path)).size !== parsed.length) throw corrupt('two volumes share a path');
   if (mountedInBoot !== undefined && !isBootId(mountedInBoot)) throw corrupt('bad mountedInBoot');
+  if (mountedIn !== undefined && !isMountNamespace(mountedIn)) throw corrupt('bad mountedIn');
   if (handler !== undefined && !(isObject(handler) && Number.isSafeInteger(handler.pid) && (handler.pid as number) > 0 && isBootId(handler.bootId))) {
     throw corrupt('bad handler');
   }
@@ -55,13 +60,17 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     mounted,
     volumes: parsed,
     ...(mountedInBoot === undefined ? {} : { mountedInBoot }),
+    ...(mountedIn === undefined ? {} : { mountedIn: { namespace: mountedIn.namespace, pid: mountedIn.pid, startTime: mountedIn.startTime } }),
     ...(handler === undefined ? {} : { handler: { pid: handler.pid as number, bootId: handler.bootId as string } }),
   };
 }
 
-/** The kernel's boot id is a uuid; it is the one shape accepted. */
-function isBootId(value: unknown): value is string {
-  return typeof value === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(value);
+function isMountNamespace(value: unknown): value is MountNamespace {
+  return isObject(value) && isNamespaceId(value.namespace) && isPositive(value.pid) && isPositive(value.startTime);
+}
+
+function isPositive(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) > 0;
 }
 
 function parseVolumeMount(entry: unknown, corrupt: (why: string) => Error): VolumeMount {

@@ -174,7 +174,11 @@ export interface JournalLine {
  * (`remove` with `volumes` of a container naming it, `volumes.remove` of it, `prune`),
  * and every acknowledged change is still there unless a later operation began on it.
  */
-export function checkJournal(journal: readonly JournalLine[], before: ReadonlySet<string>, after: StoreState): Checked {
+/**
+ * `namespaceGone`: the worker ran in a mount namespace of its own, which died with it:
+ * what it mounted is unmounted after recover(), as after a reboot.
+ */
+export function checkJournal(journal: readonly JournalLine[], before: ReadonlySet<string>, after: StoreState, namespaceGone = false): Checked {
   const out: Checked = { violations: [], checks: 0 };
   const check = (ok: boolean, message: () => string) => {
     out.checks++;
@@ -211,7 +215,9 @@ export function checkJournal(journal: readonly JournalLine[], before: ReadonlySe
         break;
       }
       case 'mount':
-        if (!laterBegun(seq, id, ['unmount', 'remove'])) check(byId.get(id)?.mounted === true, () => `${what}: the container is not mounted`);
+        if (laterBegun(seq, id, ['unmount', 'remove'])) break;
+        if (namespaceGone) check(byId.get(id)?.mounted === false, () => `${what}: the container is still mounted, though its namespace is gone`);
+        else check(byId.get(id)?.mounted === true, () => `${what}: the container is not mounted`);
         break;
       case 'unmount':
         if (!laterBegun(seq, id, ['mount', 'remove'])) check(byId.get(id)?.mounted === false, () => `${what}: the container is mounted`);

@@ -4,6 +4,8 @@
 //
 //   node kill-worker.mjs <root> <seed> <tag> <rootfsParent>…
 //
+// With KILL_WORKER_OWN_NAMESPACE=1 it is run in a mount namespace of its own (see EXPECTED).
+//
 // Each new container gets a new rootfs directory, under one of the parents picked at random.
 //
 // Prints {"op":"ready"} once the library is loaded, then waits for a line "go" on stdin,
@@ -24,10 +26,17 @@ const [root, seedArg, tag, ...rootfsParents] = process.argv.slice(2);
 // Nested paths make mounts of several levels, and parents that are mounted read-only over children.
 const PATHS = ['/data', '/srv', '/srv/cache', '/srv/cache/tmp', '/var/log', '/var/lib/db', '/home/app'];
 
-/** Refusals that random work on a correct store can meet, by operation. */
+/**
+ * Refusals that random work on a correct store can meet, by operation. A worker in a
+ * mount namespace of its own (KILL_WORKER_OWN_NAMESPACE=1) also meets containers that
+ * are mounted in the harness's namespace, which it must not touch.
+ */
+const elsewhere = process.env.KILL_WORKER_OWN_NAMESPACE === '1' ? ['ERR_MOUNTED_IN_OTHER_NAMESPACE'] : [];
 const EXPECTED = {
   share: ['ERR_DUPLICATE_MOUNT_POINT'],
-  remove: ['ERR_CONTAINER_MOUNTED'],
+  mount: elsewhere,
+  unmount: elsewhere,
+  remove: ['ERR_CONTAINER_MOUNTED', ...elsewhere],
   removeVolume: ['ERR_VOLUME_IN_USE'],
 };
 

@@ -32,7 +32,7 @@ const KILLS = Number(process.env.KILL_HARNESS_KILLS ?? 220);
 const SEED = Number(process.env.KILL_HARNESS_SEED ?? Date.now() % 2 ** 31);
 /** Above this many containers the harness removes the oldest, so a round's cost stays flat. */
 const MAX_CONTAINERS = 20;
-const NOTHING: RecoveryReport = { rebooted: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
+const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let dir: string;
 /** Until the harness completes: the store of a run that failed is kept as evidence. */
@@ -59,6 +59,7 @@ afterAll(() => {
 interface Worker {
   child: ChildProcess;
   seed: number;
+  ownNamespace: boolean;
   journal: JournalLine[];
   /** The library is loaded; the worker waits for "go". */
   ready: Promise<void>;
@@ -67,12 +68,19 @@ interface Worker {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
 }
 
-function startWorker(root: string, layout: Layout, seed: number, tag: string): Worker {
+/**
+ * `ownNamespace`: the worker runs in a mount namespace of its own (`unshare -m`, which
+ * execs it: same pid and process group), with propagation unchanged, so that what it
+ * mounts under the shared rootfs parent shows here and at the peer too; the namespace
+ * dies with it.
+ */
+function startWorker(root: string, layout: Layout, seed: number, tag: string, ownNamespace: boolean): Worker {
+  const command = [process.execPath, WORKER, root, String(seed), tag, ...layout.rootfsParents];
   // Its own process group, so that the mount, umount and cp it runs can be waited for after it dies.
-  const child = spawn(process.execPath, [WORKER, root, String(seed), tag, ...layout.rootfsParents], {
+  const child = spawn(ownNamespace ? 'unshare' : (command.shift() as string), ownNamespace ? ['-m', '--propagation', 'unchanged', '--', ...command] : command, {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
-    env: { ...process.env, DEBUG: '' },
+    env: { ...process.env, DEBUG: '', KILL_WORKER_OWN_NAMESPACE: ownNamespace ? '1' : '0' },
   });
   children.push(child);
   const journal: JournalLine[] = [];
@@ -96,7 +104,7 @@ function startWorker(root: string, layout: Layout, seed: number, tag: string): W
     either.catch(() => undefined);
     return either;
   };
-  return { child, seed, journal, ready: line('ready'), started: line('started'), exited };
+  return { child, seed, ownNamespace, journal, ready: line('ready'), started: line('started'), exited };
 }
 
 /**
@@ -147,9 +155,10 @@ describe('kill harness (SPEC §5)', () => {
     const seedOf = () => Math.floor(rand() * 2 ** 31);
     console.log(`kill harness: seed ${SEED} (replay with KILL_HARNESS_SEED=${SEED}), store at ${root}`);
 
-    const totals = { kills: 0, checks: 0, acks: 0, refusals: 0, begun: 0, locksLeft: 0, killedBeforeWork: 0, repairs: 0 };
+    const totals = { kills: 0, inOwnNamespace: 0, checks: 0, acks: 0, refusals: 0, begun: 0, locksLeft: 0, killedBeforeWork: 0, repairs: 0 };
     const didSomething: Record<keyof RecoveryReport, { recoveries: number; items: number }> = {
       rebooted: { recoveries: 0, items: 0 },
+      namespaceGone: { recoveries: 0, items: 0 },
       removedHandlers: { recoveries: 0, items: 0 },
       unmounted: { recoveries: 0, items: 0 },
       remounted: { recoveries: 0, items: 0 },
@@ -159,13 +168,14 @@ describe('kill harness (SPEC §5)', () => {
     };
     const started = Date.now();
     let before = new Set<string>();
-    let next = startWorker(root, layout, seedOf(), 'k0');
+    let next = startWorker(root, layout, seedOf(), 'k0', false);
 
     for (let kill = 0; kill < KILLS; kill++) {
       const worker = next;
       await worker.ready;
       // The next worker loads the library while this one works and the store is checked.
-      next = startWorker(root, layout, seedOf(), `k${kill + 1}`);
+      // Every other worker in a mount namespace of its own.
+      next = startWorker(root, layout, seedOf(), `k${kill + 1}`, (kill + 1) % 2 === 1);
       // Some kills right after "go", while the worker opens the store; the rest spread
       // over its operations, counted from the first one so that a slow start under load
       // does not turn them into kills before any work.
@@ -179,13 +189,14 @@ describe('kill harness (SPEC §5)', () => {
       const exit = await worker.exited;
       await settle(worker.child.pid!);
       totals.kills++;
+      if (worker.ownNamespace) totals.inOwnNamespace++;
 
       const failure = (what: string, details: unknown) => {
         const tail = worker.journal.slice(-12).map((l) => JSON.stringify(l));
         return new Error(
           [
             `kill harness: ${what}`,
-            `seed ${SEED} (KILL_HARNESS_SEED=${SEED}), kill #${kill}, worker seed ${worker.seed}, killed ${delay} ms after ${early ? '"go"' : 'its first operation began'}, store ${root}`,
+            `seed ${SEED} (KILL_HARNESS_SEED=${SEED}), kill #${kill}, worker seed ${worker.seed}${worker.ownNamespace ? ' (own mount namespace)' : ''}, killed ${delay} ms after ${early ? '"go"' : 'its first operation began'}, store ${root}`,
             `the worker's last lines:\n  ${tail.join('\n  ')}`,
             `details: ${JSON.stringify(details, null, 2)}`,
           ].join('\n'),
@@ -217,7 +228,7 @@ describe('kill harness (SPEC §5)', () => {
       }
 
       const state = await checkStore(runtime, root, layout);
-      const journal = checkJournal(worker.journal, before, state);
+      const journal = checkJournal(worker.journal, before, state, worker.ownNamespace);
       totals.checks += state.checks + journal.checks;
       const violations = [...state.violations, ...journal.violations];
       if (violations.length > 0) {
@@ -251,7 +262,7 @@ describe('kill harness (SPEC §5)', () => {
     const fields = Object.entries(didSomething).map(([key, { recoveries, items }]) => `${key} ${recoveries} (${items} items)`);
     console.log(
       [
-        `kill harness: ${totals.kills} kills in ${seconds} s, ${totals.checks} invariant checks, all held`,
+        `kill harness: ${totals.kills} kills (${totals.inOwnNamespace} of workers in a mount namespace of their own) in ${seconds} s, ${totals.checks} invariant checks, all held`,
         `  operations: ${totals.begun} begun, ${totals.acks} acknowledged, ${totals.refusals} refused as expected; ${totals.killedBeforeWork} kills before the first operation`,
         `  locks left by a killed worker: ${totals.locksLeft}`,
         `  recoveries that did something: ${totals.repairs} of ${totals.kills}; by report field: ${fields.join(', ')}`,

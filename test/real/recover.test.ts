@@ -16,7 +16,7 @@ import { assertPrivateMountNamespace } from './guard.js';
  */
 
 const BOOT_ID = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-const NOTHING: RecoveryReport = { rebooted: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
+const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let base: string;
 beforeAll(async () => {

@@ -90,8 +90,15 @@ function killIfAlive(pid: number): void {
   }
 }
 
-function startWorker(args: string[]): { child: ChildProcess; exit: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> } {
-  const child = spawn(process.execPath, [WORKER, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBUG: '' } });
+/** `ownNamespace`: in a private mount namespace of its own, which dies with it. */
+function startWorker(
+  args: string[],
+  ownNamespace = false,
+): { child: ChildProcess; exit: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> } {
+  const command = [process.execPath, WORKER, ...args];
+  const child = ownNamespace
+    ? spawn('unshare', ['-m', '--propagation', 'private', '--', ...command], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBUG: '' } })
+    : spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBUG: '' } });
   children.push(child);
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
@@ -118,8 +125,20 @@ async function until(condition: () => boolean): Promise<void> {
 const byPath = (volumes: readonly VolumeMount[]) => [...volumes].sort((a, b) => a.path.localeCompare(b.path));
 const tally = (keys: string[]) => Object.fromEntries([...new Set(keys)].sort().map((k) => [k, keys.filter((x) => x === k).length]));
 
+/** What a worker in another mount namespace may meet besides RACE_ERRORS: a container mounted in a namespace that is not its own. */
+const ELSEWHERE: Record<string, string[]> = {
+  mount: ['ERR_MOUNTED_IN_OTHER_NAMESPACE'],
+  unmount: ['ERR_MOUNTED_IN_OTHER_NAMESPACE'],
+  removeForce: ['ERR_MOUNTED_IN_OTHER_NAMESPACE'],
+};
+
 describe('8 processes × 200 random operations on one store, with real bind mounts (SPEC §5)', () => {
-  test('no lost update, no deadlock, no dangling or in-use volume deleted, mounts exactly as acknowledged', async () => {
+  test.each([
+    ['all in this mount namespace', false],
+    ['every other one in a mount namespace of its own', true],
+  ])('%s: no lost update, no deadlock, no dangling or in-use volume deleted, mounts exactly as acknowledged', async (_, namespaces) => {
+    /** Odd-numbered workers run in a namespace of their own when `namespaces`. */
+    const inOwnNamespace = (w: number) => namespaces && w % 2 === 1;
     const dir = fs.mkdtempSync(path.join(base, 'ops-'));
     const root = path.join(dir, 'state');
     const rootfsDir = path.join(dir, 'rootfs');
@@ -128,7 +147,7 @@ describe('8 processes × 200 random operations on one store, with real bind moun
 
     const started = Date.now();
     const workers = Array.from({ length: WORKERS }, (_, k) =>
-      startWorker(['ops', root, rootfsDir, String(k + 1), String(OPERATIONS), logOf(k + 1)]),
+      startWorker(['ops', root, rootfsDir, String(k + 1), String(OPERATIONS), logOf(k + 1)], inOwnNamespace(k + 1)),
     );
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadlock'>((resolve) => (timer = setTimeout(() => resolve('deadlock'), NO_DEADLOCK_MS)));
@@ -158,11 +177,21 @@ describe('8 processes × 200 random operations on one store, with real bind moun
     }
 
     // Errors only from races between workers: each with a code, and one its operation can meet.
-    const allowed = (r: OpRecord) => RACE_ERRORS[r.op === 'remove' && r.force ? 'removeForce' : r.op] ?? [];
+    const allowed = (r: OpRecord) => {
+      const kind = r.op === 'remove' && r.force ? 'removeForce' : r.op;
+      return [...(RACE_ERRORS[kind] ?? []), ...(namespaces ? (ELSEWHERE[kind] ?? []) : [])];
+    };
     expect(errors.filter((r) => !r.code || !allowed(r).includes(r.code)).map((r) => `${r.op} → ${r.code ?? 'no code'}: ${r.message}`)).toEqual([]);
 
     const runtime = new ContainerRuntime({ root, mounter: new BindMounter() });
     const volumeDir = (id: string) => path.join(root, 'volumes', id);
+    // The workers' own namespaces died with them, and their mounts with them.
+    // Nothing else is there to repair: a repair here would hide what the checks below look for.
+    const recovered = await runtime.recover();
+    expect({ ...recovered, namespaceGone: [], removedFiles: recovered.removedFiles.filter((f) => !f.startsWith('namespaces/')) }).toEqual({
+      rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [],
+    });
+    if (!namespaces) expect(recovered.namespaceGone).toEqual([]);
 
     // No lost update: exactly the acknowledged creates minus the acknowledged removals
     // exist, each removed at most once, each with every volume it was acknowledged to get.
@@ -225,6 +254,13 @@ describe('8 processes × 200 random operations on one store, with real bind moun
       (m) => `${m.mountPoint} ${m.root} ${m.options.includes('ro') ? 'ro' : 'rw'}${m.options.includes('nosuid') && m.options.includes('nodev') ? '' : ' WITHOUT nosuid,nodev'}`,
     );
     const wanted = final.filter((c) => c.mounted).flatMap((c) => c.volumes.map((v) => `${c.rootfs}${v.path} ${volumeDir(v.volumeId)} ${v.mode}`));
+    if (process.env.STRESS_DEBUG) {
+      const { processesIn } = await import('../../src/mount-namespace.js');
+      for (const c of final.filter((c) => c.mounted)) {
+        const raw = JSON.parse(fs.readFileSync(path.join(root, 'containers', `${c.id}.json`), 'utf8'));
+        console.log(c.rootfs, JSON.stringify(raw.mountedIn), raw.mountedIn ? processesIn(raw.mountedIn.namespace).map((p) => `${p}:${fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ')}`) : '', fs.readlinkSync('/proc/self/ns/mnt'));
+      }
+    }
     expect(mounted.sort()).toEqual(wanted.sort());
 
     // ...and agree with the acknowledgements wherever the order is certain: mounted with
@@ -233,8 +269,13 @@ describe('8 processes × 200 random operations on one store, with real bind moun
     const undoers = acked.filter((r) => r.op === 'unmount' || r.op === 'remove');
     const mountAcks = acked.filter((r) => r.op === 'mount');
     const surelyMounted = new Set(
-      mountAcks.filter((m) => !undoers.some((u) => u.id === m.id && u.t1 > m.t0)).map((m) => m.id!),
+      mountAcks.filter((m) => !inOwnNamespace(m.w) && !undoers.some((u) => u.id === m.id && u.t1 > m.t0)).map((m) => m.id!),
     );
+    // Mounted in a namespace that is gone, and not mounted again here since: unmounted.
+    const goneWithNamespace = new Set(
+      mountAcks.filter((m) => inOwnNamespace(m.w) && !mountAcks.some((l) => !inOwnNamespace(l.w) && l.id === m.id && l.t1 > m.t0)).map((m) => m.id!),
+    );
+    for (const id of goneWithNamespace) expect({ id, mounted: finalById.get(id)?.mounted ?? false }).toEqual({ id, mounted: false });
     const surelyUnmounted = new Set(
       acked.filter((u) => u.op === 'unmount' && !mountAcks.some((m) => m.id === u.id && m.t1 > u.t0)).map((u) => u.id!),
     );
@@ -243,7 +284,8 @@ describe('8 processes × 200 random operations on one store, with real bind moun
     console.log(
       `  at the end: ${final.length} containers (${wanted.length} mounts of ${final.filter((c) => c.mounted).length} mounted ones), ` +
         `${fs.readdirSync(path.join(root, 'volumes')).length} volume directories; ` +
-        `${surelyMounted.size} containers surely mounted and ${surelyUnmounted.size} surely unmounted by the acknowledgements`,
+        `${surelyMounted.size} containers surely mounted and ${surelyUnmounted.size} surely unmounted by the acknowledgements` +
+        (namespaces ? `; recover() found ${recovered.namespaceGone.length} mounted in a namespace that is gone (${goneWithNamespace.size} surely so)` : ''),
     );
     expect(surelyMounted.size + surelyUnmounted.size).toBeGreaterThan(0);
 

@@ -1193,6 +1193,9 @@ const TAMPERS: Tamper[] = [
   { name: "origin from '../x'", apply: edit((cfg) => (cfg.volumes[0].origin = { from: '../x' })) },
   { name: 'origin missing', apply: edit((cfg) => delete cfg.volumes[0].origin) },
   { name: 'two volumes at one path', apply: edit((cfg) => (cfg.volumes[1].path = cfg.volumes[0].path)) },
+  { name: 'mountedIn names no namespace (a path)', apply: edit((cfg) => (cfg.mountedIn = { namespace: '../../etc', pid: 1, startTime: 1 })) },
+  { name: 'mountedIn with a pid that is not a number', apply: edit((cfg) => (cfg.mountedIn = { namespace: 'mnt:[4026531832]', pid: '1', startTime: 1 })) },
+  { name: 'mountedIn an array', apply: edit((cfg) => (cfg.mountedIn = [])) },
   {
     name: "a symlink to app's configuration",
     apply: async (w, file) => {

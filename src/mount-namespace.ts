@@ -1,0 +1,77 @@
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { currentBootId } from './store/boot-id.js';
+
+/**
+ * Where a container's mounts are: a mount namespace, and a process known to be in it.
+ * Mounts made in one namespace are invisible in every other, so a process in another
+ * namespace must neither remake them nor delete what they hold.
+ */
+export interface MountNamespace {
+  /** The namespace as the kernel names it, `mnt:[<inode>]`: unique among the live namespaces of one boot. */
+  namespace: string;
+  /** A process that was in it, and its start time (clock ticks after boot): a reused pid has another. */
+  pid: number;
+  startTime: number;
+}
+
+const NAMESPACE_ID = /^mnt:\[[1-9][0-9]*\]$/;
+
+export function isNamespaceId(value: unknown): value is string {
+  return typeof value === 'string' && NAMESPACE_ID.test(value);
+}
+
+let current: MountNamespace | undefined;
+
+/** The namespace this process mounts in. A process cannot change it: Node is multi-threaded and `setns` refuses. */
+export function currentMountNamespace(): MountNamespace {
+  current ??= { namespace: readlinkSync('/proc/self/ns/mnt'), pid: process.pid, startTime: startTimeOf(process.pid) as number };
+  return current;
+}
+
+/**
+ * A process in the namespace with the recorded id now, through which its mounts can be
+ * read: the recorded process if it still is (its start time tells it from a reused pid),
+ * else any; none once no process has it, or for a namespace of an earlier boot. The
+ * kernel hands a dead namespace's id to the next new one, so a process found by the id
+ * alone may be in a new namespace: callers look at what is mounted there
+ * (mounted-elsewhere.ts).
+ */
+export function processInNamespace(ns: MountNamespace, bootId: string): number | undefined {
+  if (bootId !== currentBootId()) return undefined;
+  if (ns.namespace === currentMountNamespace().namespace) return process.pid;
+  if (startTimeOf(ns.pid) === ns.startTime && namespaceOf(ns.pid) === ns.namespace) return ns.pid;
+  return processesIn(ns.namespace)[0];
+}
+
+/** The pids of the processes in a mount namespace now. */
+export function processesIn(id: string): number[] {
+  const found: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^[1-9][0-9]*$/.test(name)) continue;
+    const pid = Number(name);
+    if (namespaceOf(pid) === id) found.push(pid);
+  }
+  return found;
+}
+
+function namespaceOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/mnt`);
+  } catch {
+    return undefined; // gone, or a kernel thread
+  }
+}
+
+/** Field 22 of `/proc/<pid>/stat`, read after the command name, which may hold spaces and parentheses. */
+export function startTimeOf(pid: number): number | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // fields[0] is field 3 (state), so field 22 is fields[19].
+  const value = Number(fields[19]);
+  return Number.isSafeInteger(value) ? value : undefined;
+}
