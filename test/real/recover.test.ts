@@ -496,6 +496,7 @@ describe('recover() as a whole', () => {
     expect({ ...report, unmounted: [...report.unmounted].sort(byPath) }).toEqual({
       failed: [],
       rebooted: [old.id],
+      namespaceGone: [],
       removedHandlers: [handler.id],
       unmounted: [stray.id, old.id].map((id) => ({ containerId: id, path: '/data' })).sort(byPath),
       remounted: [{ containerId: lost.id, path: '/data' }],
