@@ -7,7 +7,7 @@ import { parseVolumesFrom } from './spec/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
-import { backup, type BackupManifest, type BackupOptions, restore, type RestoreOptions } from './handlers/backup.js';
+import { backup, type BackupOptions, type BackupResult, restore, type RestoreOptions } from './handlers/backup.js';
 import {
   type CommandHandler,
   type CommandResult,
@@ -111,7 +111,7 @@ export class ContainerRuntime {
    * ids, creation time), which it resolves to. The volumes are shared read-only while
    * it runs.
    */
-  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupManifest> {
+  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupResult> {
     return backup(this.#ctx, containerId, destination, options);
   }
 
