@@ -138,6 +138,8 @@ try {
     const listed = members.split('\n');
     console.log(`archive db.tar: ${mb(size)} (the WAL's hole is not stored), ${listed.length} members, the first ${listed[0]}`);
     console.log(`manifest: container ${manifest.containerId}, volumes ${manifest.volumes.map((v) => `${v.path} (${v.mode}, ${v.volumeId})`).join(', ')}`);
+    // Files that changed while tar read them (a live volume): the archive is then not a snapshot.
+    if (manifest.warnings.length > 0) console.log(`tar warned: ${manifest.warnings.join('; ')}`);
 
     // A fresh container, restored from the archive.
     const restoreBar = progressBar('restore');

@@ -7,7 +7,7 @@ import { parseVolumesFrom } from './spec/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
-import { backup, type BackupManifest, type BackupOptions, restore, type RestoreOptions } from './handlers/backup.js';
+import { backup, type BackupOptions, type BackupResult, restore, type RestoreOptions } from './handlers/backup.js';
 import {
   type CommandHandler,
   type CommandResult,
@@ -108,16 +108,16 @@ export class ContainerRuntime {
   /**
    * A ready-made handler: writes one tar archive at `destination` holding every volume
    * of the container under its container path, after a manifest (paths, modes, volume
-   * ids, creation time), which it resolves to. The volumes are shared read-only while
-   * it runs.
+   * ids, creation time). Resolves to the manifest and tar's `warnings` (files that
+   * changed while read, sockets skipped). The volumes are shared read-only while it runs.
    */
-  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupManifest> {
+  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupResult> {
     return backup(this.#ctx, containerId, destination, options);
   }
 
   /**
    * Creates a new container with `options.rootfs` whose volumes hold exactly the data
-   * of a `backup` archive: contents, owners, modes, symlinks, sparse files.
+   * of a `backup` archive: contents, owners, modes, links, extended attributes, ACLs, sparse files.
    */
   async restore(archive: string, options: RestoreOptions): Promise<ContainerInfo> {
     return toContainerInfo(await restore(this.#ctx, archive, options));

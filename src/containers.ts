@@ -61,7 +61,7 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
   return config;
 }
 
-async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise<void> {
+export async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise<void> {
   for (const { volumeId, path } of config.volumes) {
     if (!(await ctx.store.volumeExists(volumeId))) {
       throw new ContainerVolumesError(

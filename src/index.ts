@@ -12,7 +12,7 @@ export {
   type HandlerOptions,
   type HandlerVolume,
 } from './handlers/run-handler.js';
-export type { BackupManifest, BackupOptions, Progress, RestoreOptions } from './handlers/backup.js';
+export type { BackupManifest, BackupOptions, BackupResult, Progress, RestoreOptions } from './handlers/backup.js';
 export { BindMounter } from './mounter/bind.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
 export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';

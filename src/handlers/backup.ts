@@ -1,4 +1,5 @@
-import { createReadStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { constants, createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,15 +7,17 @@ import { Transform, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { type Context, optionsObject } from '../context.js';
-import { createContainer, removeContainer } from '../containers.js';
+import { checkVolumesExist, createContainer, removeContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
 import { checkId, isId } from '../spec/ids.js';
 import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
+import type { MountRequest } from '../mounter/mounter.js';
 import type { Mode } from '../types.js';
 import { privateMounts } from './namespace.js';
+import { placeVolumes } from './place-volumes.js';
 import { HandlerError, throwIfAborted, withHandlerContainer } from './run-handler.js';
 
 /** The first member of every backup archive: what it holds. */
@@ -28,6 +31,16 @@ export interface BackupManifest {
   containerId: string;
   /** Each volume, archived under its container path (without the leading `/`). */
   volumes: { path: string; mode: Mode; volumeId: string }[];
+}
+
+/** What `backup` resolves to: the manifest it wrote, and what tar warned about. */
+export interface BackupResult extends BackupManifest {
+  /**
+   * GNU tar's warnings, one per line: files that changed, shrank or vanished while it
+   * read them (the volumes were being written: the archive is then not a snapshot),
+   * sockets it skips. Empty when tar said nothing.
+   */
+  warnings: string[];
 }
 
 export interface Progress {
@@ -50,22 +63,27 @@ export interface RestoreOptions extends BackupOptions {
  * Writes one tar archive of every volume of `containerId`, each under its container
  * path, after a manifest. A handler container shares the volumes read-only while tar
  * reads them in a private mount namespace, so the archive shows them exactly as the
- * container does: nested volumes inside their parents. The archive is written beside
- * `destination` and renamed over it only when complete.
+ * container does: nested volumes inside their parents. The archive is written to a new,
+ * uniquely named file beside `destination` and renamed over it only when complete.
  */
-export async function backup(ctx: Context, containerId: string, destination: unknown, options: unknown): Promise<BackupManifest> {
+export async function backup(ctx: Context, containerId: string, destination: unknown, options: unknown): Promise<BackupResult> {
   checkId(containerId, 'container');
   const target = archivePath(destination, 'destination');
   const { onProgress, signal } = progressOptions(options, ['onProgress', 'signal']);
   throwIfAborted(signal);
-  const partial = `${target}.partial`;
+  // Our own new file, never one that is there already: anyone who may write in the
+  // destination's directory could have put a symlink to a file of root's at a fixed
+  // name, and two backups to one destination would write into one file.
+  const partial = path.join(path.dirname(target), `.${path.basename(target)}.${randomBytes(6).toString('hex')}.partial`);
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   // Opened first: a destination that cannot be written is the caller's mistake, found
   // before any container exists, and not an error event of a stream nobody listens to.
-  const output = await fs.open(partial, 'w', 0o600).catch((error: NodeJS.ErrnoException) => {
+  const output = await fs.open(partial, flags, 0o600).catch((error: NodeJS.ErrnoException) => {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `cannot write the backup next to ${target}: ${error.message}`, { cause: error });
   });
   try {
-    const manifest = await withHandlerContainer(ctx, containerId, 'ro', undefined, signal, async (container, volumes, source) => {
+    const result = await withHandlerContainer(ctx, containerId, 'ro', undefined, signal, async (container, volumes, source) => {
+      await checkVolumesExist(ctx, source);
       const manifest: BackupManifest = {
         format: 'container-volumes-backup',
         version: 1,
@@ -83,14 +101,15 @@ export async function backup(ctx: Context, containerId: string, destination: unk
         tar.push(`--directory=${scratch}`, MANIFEST_NAME);
         // GNU tar refuses a --directory with no member after it.
         if (members.length > 0) tar.push(`--directory=${container.rootfs}`, '--', ...members);
-        await runTar(ctx, container, tar, { stdout: output.createWriteStream(), bytesTotal, onProgress, signal });
-        return manifest;
+        const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
+        const warnings = await runTar(plan, tar, { stdout: output.createWriteStream(), bytesTotal, onProgress, signal, liveInput: true });
+        return { ...manifest, warnings };
       } finally {
         await fs.rm(scratch, { recursive: true, force: true });
       }
     });
     await fs.rename(partial, target);
-    return manifest;
+    return result;
   } catch (error) {
     await fs.rm(partial, { force: true });
     throw error;
@@ -101,9 +120,12 @@ export async function backup(ctx: Context, containerId: string, destination: unk
 
 /**
  * Creates a new container with `rootfs` whose volumes hold exactly what the archive
- * holds: contents, ownership, modes, symlinks, sparse files. The volumes are the new
- * container's own (read-write, origin `created`). If anything fails, the new container
- * and its volumes are removed again.
+ * holds: contents, ownership, modes, extended attributes, ACLs, links, sparse files.
+ * tar extracts the volumes' paths into one staging directory inside a new volume, so
+ * on the volumes' own file system, where a hard link between two volumes can be made
+ * as well as one inside a volume; each volume's tree is then moved into its directory.
+ * The volumes are the new container's own (read-write, origin `created`). If anything
+ * fails, the new container and its volumes are removed again.
  */
 export async function restore(ctx: Context, archive: unknown, options: unknown): Promise<ContainerConfig> {
   const source = archivePath(archive, 'archive');
@@ -117,19 +139,25 @@ export async function restore(ctx: Context, archive: unknown, options: unknown):
   const members = outermost(manifest.volumes);
   // Without volumes there is nothing to extract, and tar given no member would extract every one.
   if (members.length === 0) return config;
-  const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-restore-'));
   try {
-    const tar = ['tar', '--extract', '--file=-', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--acls'];
-    tar.push(`--directory=${scratch}`, `--exclude=${MANIFEST_NAME}`, '--', ...members);
-    await runTar(ctx, { ...config, rootfs: scratch }, tar, { stdin: createReadStream(source), bytesTotal, onProgress, signal });
+    const volumes = config.volumes.map((v) => ({ path: v.path, dir: ctx.store.volumeDir(v.volumeId) }));
+    // In a volume of the new container: nobody else uses it yet, and recover() never
+    // empties a volume, while it does empty the store's trash.
+    const staging = await fs.mkdtemp(path.join(volumes[0]!.dir, '.container-volumes-restore-'));
+    // Every extended attribute, not only GNU tar's default user.*: file capabilities
+    // (security.capability), trusted.* and security.* are what copy-up keeps too.
+    const tar = ['tar', '--extract', '--file=-', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '--acls'];
+    // No --exclude of the manifest: tar would drop every member of that name at any depth.
+    // Only the volumes' paths are extracted, and of the manifest, only a volume at its path.
+    tar.push(`--directory=${staging}`, '--', ...members);
+    await runTar([], tar, { stdin: createReadStream(source), bytesTotal, onProgress, signal, liveInput: false });
+    await placeVolumes(staging, volumes, (why) => new ContainerVolumesError('ERR_INVALID_ARCHIVE', `${source} cannot be restored: ${why}`));
     return config;
   } catch (error) {
     await ctx.store
       .exclusive(() => removeContainer(ctx, config.id, true, true))
       .catch((e: Error) => debugRuntime('removing half-restored container %s failed: %s', config.id, e.message));
     throw error;
-  } finally {
-    await fs.rm(scratch, { recursive: true, force: true });
   }
 }
 
@@ -144,11 +172,20 @@ interface TarIo {
   bytesTotal: number;
   onProgress: ((progress: Progress) => void) | undefined;
   signal: AbortSignal | undefined;
+  /**
+   * tar reads volumes that may be in use. GNU tar then exits 1 ("some files differ": a
+   * file changed, shrank or vanished while read), which is no failure of a backup of a
+   * live volume, only a warning that the archive is not a snapshot.
+   */
+  liveInput: boolean;
 }
 
-/** Runs GNU tar with `container`'s volumes mounted under its rootfs in a private mount namespace, counting the archive's bytes. */
-async function runTar(ctx: Context, container: ContainerConfig, argv: string[], io: TarIo): Promise<void> {
-  const mounts = await privateMounts(planMounts(container, (id) => ctx.store.volumeDir(id)));
+/**
+ * Runs GNU tar in a private mount namespace with `plan` mounted, counting the archive's
+ * bytes. Resolves to what tar warned about, one line each.
+ */
+async function runTar(plan: readonly MountRequest[], argv: string[], io: TarIo): Promise<string[]> {
+  const mounts = await privateMounts(plan);
   try {
     let bytesDone = 0;
     const counter = new Transform({
@@ -181,13 +218,14 @@ async function runTar(ctx: Context, container: ContainerConfig, argv: string[], 
     if (streamError && !tarStoppedReading) {
       throw new HandlerError('ERR_HANDLER_FAILED', `tar ${argv[1]}: the archive stream failed: ${streamError.message}`, { stderr }, { cause: streamError });
     }
-    if (result.exitCode !== 0) {
+    if (result.exitCode !== 0 && !(io.liveInput && result.exitCode === 1)) {
       throw new HandlerError('ERR_HANDLER_FAILED', `tar ${argv[1]} failed (exit code ${result.exitCode}): ${stderr.slice(-500)}`, {
         ...(result.exitCode === undefined ? {} : { exitCode: result.exitCode }),
         stderr,
       });
     }
     io.onProgress?.({ bytesDone, bytesTotal: bytesDone });
+    return stderr.split('\n').filter((line) => line.trim() !== '');
   } finally {
     await mounts.close();
   }
@@ -207,7 +245,9 @@ async function readManifest(archive: string): Promise<BackupManifest> {
     const compressed = COMPRESSED.find(([, magic]) => magic.every((byte, i) => header[i] === byte));
     throw invalid(compressed ? `it is compressed (${compressed[0]}): decompress it first` : 'it is not an uncompressed POSIX tar archive');
   }
-  const result = await execa('tar', ['--extract', '--to-stdout', `--file=${archive}`, '--', MANIFEST_NAME], {
+  // The first member of that name only, exactly that name: a volume at /<MANIFEST_NAME>
+  // is a directory of that name, with files under it. tar stops reading there.
+  const result = await execa('tar', ['--extract', '--to-stdout', '--occurrence=1', '--no-recursion', `--file=${archive}`, '--', MANIFEST_NAME], {
     reject: false,
     stdin: 'ignore',
     env: { LC_ALL: 'C' },
@@ -258,19 +298,23 @@ async function firstBlock(file: string): Promise<Buffer> {
   }
 }
 
-/** Roughly what tar will write: a header per entry and the allocated data of each file. */
+/**
+ * Roughly what tar will write: the allocated data of the volumes, each hard-linked file
+ * once, as du counts it. du walks by descriptors at any depth and takes names as bytes;
+ * on a live volume a file may go while it looks, so its total is best-effort, and no
+ * total at all is an estimate of 0 (bytesTotal then follows bytesDone).
+ */
 async function estimateArchiveSize(dirs: readonly string[]): Promise<number> {
-  let total = 1024;
-  const walk = async (dir: string): Promise<void> => {
-    for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, entry.name);
-      const stat = await fs.lstat(full);
-      total += 512 + (stat.isFile() ? Math.ceil(Math.min(stat.size, stat.blocks * 512) / 512) * 512 : 0);
-      if (stat.isDirectory()) await walk(full);
-    }
-  };
-  for (const dir of dirs) await walk(dir);
-  return total;
+  if (dirs.length === 0) return 1024;
+  const du = await execa('du', ['--summarize', '--total', '--block-size=1', '--', ...dirs], {
+    reject: false,
+    stdin: 'ignore',
+    stderr: 'ignore',
+    env: { LC_ALL: 'C' },
+  });
+  const total = /^(\d+)\ttotal$/m.exec(String(du.stdout).split('\n').filter(Boolean).at(-1) ?? '');
+  if (!total) debugRuntime('du gave no total (exit code %s): the backup size is not estimated', du.exitCode);
+  return total ? Number(total[1]) : 0;
 }
 
 function archivePath(given: unknown, what: string): string {

@@ -841,7 +841,8 @@ describe('backup → restore', () => {
     const archive = path.join(w.dir, 'backups', 'db.tar');
     const backupEvents: Progress[] = [];
     const before = Date.now();
-    const manifest = await w.runtime.backup(db.id, archive, { onProgress: (p) => backupEvents.push({ ...p }) });
+    const { warnings, ...manifest } = await w.runtime.backup(db.id, archive, { onProgress: (p) => backupEvents.push({ ...p }) });
+    expect(warnings).toEqual([]);
     const after = Date.now();
     const archiveSize = fs.statSync(archive).size;
     expect(await fsp.readdir(path.join(w.dir, 'backups'))).toEqual(['db.tar']);
