@@ -80,7 +80,7 @@ export async function prepareVolumeContent(rootfs: string, containerPath: string
     if (TREE_CHANGED.test(stderr)) {
       throw new ContainerVolumesError(
         'ERR_PATH_ESCAPES_ROOTFS',
-        `refusing to copy ${containerPath} from rootfs ${rootfs} into the new volume: it changed while it was being copied, and no symlink is followed (${stderr})`,
+        `refusing to copy ${containerPath} from rootfs ${rootfs} into the new volume: it changed while it was being copied, and no symlink is followed (${stderr.split('\n')[0]})`,
         { cause: error },
       );
     }
