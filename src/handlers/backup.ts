@@ -10,7 +10,7 @@ import { createContainer, removeContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
-import { checkId, isId } from '../spec/ids.js';
+import { checkReference, isId } from '../spec/ids.js';
 import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { Mode } from '../types.js';
@@ -54,7 +54,7 @@ export interface RestoreOptions extends BackupOptions {
  * `destination` and renamed over it only when complete.
  */
 export async function backup(ctx: Context, containerId: string, destination: unknown, options: unknown): Promise<BackupManifest> {
-  checkId(containerId, 'container');
+  checkReference(containerId, 'container');
   const target = archivePath(destination, 'destination');
   const { onProgress, signal } = progressOptions(options, ['onProgress', 'signal']);
   throwIfAborted(signal);
