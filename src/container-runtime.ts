@@ -1,7 +1,7 @@
 import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
 import { createContainer, removeContainer } from './containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
-import { checkId } from './spec/ids.js';
+import { checkReference } from './spec/ids.js';
 import { normalizeVolumePaths } from './spec/volume-path.js';
 import { parseVolumesFrom } from './spec/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
@@ -57,7 +57,7 @@ export class ContainerRuntime {
   }
 
   async get(containerId: string): Promise<ContainerInfo> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     return toContainerInfo(await this.#ctx.store.readContainer(containerId));
   }
 
@@ -82,7 +82,7 @@ export class ContainerRuntime {
    * other container references (`docker rm -v`).
    */
   async remove(containerId: string, options?: RemoveContainerOptions): Promise<void> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     const given = optionsObject<RemoveContainerOptions>(options, 'options', ['force', 'volumes']);
     const force = optionalBoolean(given.force, 'options.force') ?? false;
     const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
@@ -139,13 +139,13 @@ export class ContainerRuntime {
    * runtime such as runc to apply itself (do not also `mount` the container).
    */
   async ociMounts(containerId: string): Promise<OciMount[]> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     return ociMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 
   /** The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration, parents first. */
   async lxcMountEntries(containerId: string): Promise<string[]> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     return lxcMountEntries(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 

@@ -2,7 +2,7 @@ import { ContainerVolumesError, isErrnoException } from './errors.js';
 import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
 import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
 import { sharedMounts } from './sharing.js';
-import { checkId } from './spec/ids.js';
+import { checkReference } from './spec/ids.js';
 import { normalizeVolumePaths } from './spec/volume-path.js';
 import { checkMode } from './spec/volumes-from.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
@@ -36,7 +36,7 @@ export class VolumeManager {
 
   /** Adds one new volume per path to a container (`-v`); copy-up as in `create`. Resolves to the mounts added. */
   async createVolumes(containerId: string, paths: string[], options?: CreateVolumesOptions): Promise<VolumeMount[]> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     const clean = normalizeVolumePaths(paths);
     const copyUp = optionalBoolean(optionsObject<CreateVolumesOptions>(options, 'options', ['copyUp']).copyUp, 'options.copyUp') ?? true;
     const ctx = this.#ctx;
@@ -62,8 +62,8 @@ export class VolumeManager {
    * ERR_DUPLICATE_MOUNT_POINT. Resolves to the mounts added.
    */
   async shareVolumesFrom(containerId: string, sourceId: string, options?: ShareOptions): Promise<VolumeMount[]> {
-    checkId(containerId, 'container');
-    checkId(sourceId, 'container');
+    checkReference(containerId, 'container');
+    checkReference(sourceId, 'container');
     const mode = checkMode(optionsObject<ShareOptions>(options, 'options', ['mode']).mode, `sharing from ${sourceId}`);
     if (containerId === sourceId) {
       throw new ContainerVolumesError('ERR_SHARE_FROM_SELF', `container ${containerId} cannot share volumes from itself`);
@@ -85,14 +85,14 @@ export class VolumeManager {
    * left alone. All or nothing: if one mount fails, those made by the call are undone.
    */
   async mount(containerId: string): Promise<ContainerInfo> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     const ctx = this.#ctx;
     return toContainerInfo(await ctx.store.exclusive(() => mountContainer(ctx, containerId)));
   }
 
   /** Undoes `mount`, children first. Idempotent; if one unmount fails, the others are mounted again. */
   async unmount(containerId: string): Promise<ContainerInfo> {
-    checkId(containerId, 'container');
+    checkReference(containerId, 'container');
     const ctx = this.#ctx;
     return toContainerInfo(await ctx.store.exclusive(async () => unmountContainer(ctx, await ctx.store.readContainer(containerId))));
   }
@@ -110,14 +110,14 @@ export class VolumeManager {
 
   /** A volume's host path, creation time, and which containers use it at which path. */
   async inspect(volumeId: string): Promise<VolumeInfo> {
-    checkId(volumeId, 'volume');
+    checkReference(volumeId, 'volume');
     await this.#existing(volumeId);
     return this.#info(volumeId, new Map([[volumeId, await volumeUsers(this.#ctx, volumeId)]]));
   }
 
   /** Deletes a volume and its data; refused while any container references it, mounted or not. */
   async remove(volumeId: string): Promise<void> {
-    checkId(volumeId, 'volume');
+    checkReference(volumeId, 'volume');
     const ctx = this.#ctx;
     await ctx.store.exclusive(async () => {
       await this.#existing(volumeId);

@@ -11,7 +11,7 @@ import { checkVolumesExist, createContainer, removeContainer } from '../containe
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
-import { checkId, isId } from '../spec/ids.js';
+import { checkReference, isId } from '../spec/ids.js';
 import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { MountRequest } from '../mounter/mounter.js';
@@ -67,7 +67,7 @@ export interface RestoreOptions extends BackupOptions {
  * uniquely named file beside `destination` and renamed over it only when complete.
  */
 export async function backup(ctx: Context, containerId: string, destination: unknown, options: unknown): Promise<BackupResult> {
-  checkId(containerId, 'container');
+  checkReference(containerId, 'container');
   const target = archivePath(destination, 'destination');
   const { onProgress, signal } = progressOptions(options, ['onProgress', 'signal']);
   throwIfAborted(signal);

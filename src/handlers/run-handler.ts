@@ -8,7 +8,7 @@ import { createContainer, removeContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
-import { checkId } from '../spec/ids.js';
+import { checkReference } from '../spec/ids.js';
 import { checkMode } from '../spec/volumes-from.js';
 import { currentBootId } from '../store/boot-id.js';
 import type { ContainerConfig } from '../store/container-config.js';
@@ -82,7 +82,7 @@ export class HandlerError extends ContainerVolumesError {
 }
 
 export async function runHandler(ctx: Context, containerId: string, handler: unknown, options: unknown): Promise<unknown> {
-  checkId(containerId, 'container');
+  checkReference(containerId, 'container');
   if (typeof handler === 'function') {
     const { mode, signal } = handlerOptions(options, ['mode', 'signal']);
     return withHandlerContainer(ctx, containerId, mode, undefined, signal, (container, volumes) =>

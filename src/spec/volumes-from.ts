@@ -1,6 +1,6 @@
 import { ContainerVolumesError, describe } from '../errors.js';
 import type { Mode } from '../types.js';
-import { checkId } from './ids.js';
+import { checkReference } from './ids.js';
 
 export interface VolumesFromSpec {
   containerId: string;
@@ -13,15 +13,17 @@ export function checkMode(value: unknown, concerning: string): Mode | undefined 
   throw new ContainerVolumesError('ERR_INVALID_MODE', `invalid mode ${describe(value)} for ${concerning}: must be 'ro' or 'rw'`);
 }
 
-/** Parses one `--volumes-from` entry: `<id>`, `<id>:ro` or `<id>:rw`. */
+/**
+ * Parses one `--volumes-from` entry: `<id>`, `<id>:ro` or `<id>:rw`. The mode is checked
+ * first: a bad suffix is ERR_INVALID_MODE whatever precedes it.
+ */
 export function parseVolumesFrom(entry: unknown): VolumesFromSpec {
   if (typeof entry !== 'string') {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom entries must be strings, got ${describe(entry)}`);
   }
   const colon = entry.indexOf(':');
-  if (colon === -1) return { containerId: checkId(entry, 'container'), mode: undefined };
-  const containerId = checkId(entry.slice(0, colon), 'container');
-  const mode = entry.slice(colon + 1);
+  if (colon === -1) return { containerId: checkReference(entry, 'container'), mode: undefined };
   // A string is never undefined, so checkMode either returns 'ro' | 'rw' or throws ('' included).
-  return { containerId, mode: checkMode(mode, `volumesFrom ${JSON.stringify(entry)}`) };
+  const mode = checkMode(entry.slice(colon + 1), `volumesFrom ${JSON.stringify(entry)}`);
+  return { containerId: checkReference(entry.slice(0, colon), 'container'), mode };
 }

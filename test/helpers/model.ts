@@ -107,8 +107,10 @@ export class VolumesModel {
     if ('error' in clean) return clean;
     for (const entry of volumesFrom) {
       if (entry.source === 'not-a-string') return { error: 'ERR_INVALID_ARGUMENT' };
-      if ('malformed' in entry.source) return { error: 'ERR_INVALID_ID' };
+      // The mode first: a bad suffix is ERR_INVALID_MODE whatever precedes it.
       if (entry.mode !== undefined && entry.mode !== 'ro' && entry.mode !== 'rw') return { error: 'ERR_INVALID_MODE' };
+      // An entry is a string: a malformed id in it names no container.
+      if ('malformed' in entry.source) return { error: 'ERR_CONTAINER_NOT_FOUND' };
     }
     if (rootfs === 'invalid') return { error: 'ERR_INVALID_ROOTFS' };
     const sources: { source: ModelContainer; mode: Mode | undefined }[] = [];
@@ -133,7 +135,7 @@ export class VolumesModel {
   }
 
   createVolumes(target: Resolved, paths: unknown): Outcome<ModelMount[]> {
-    if ('malformed' in target) return { error: 'ERR_INVALID_ID' };
+    if ('malformed' in target) return { error: malformedError(target, 'ERR_CONTAINER_NOT_FOUND') };
     const clean = this.cleanPaths(paths);
     if ('error' in clean) return clean;
     const container = this.changeable(target);
@@ -145,7 +147,8 @@ export class VolumesModel {
   }
 
   shareVolumesFrom(target: Resolved, from: Resolved, mode: unknown): Outcome<ModelMount[]> {
-    if ('malformed' in target || 'malformed' in from) return { error: 'ERR_INVALID_ID' };
+    if ('malformed' in target) return { error: malformedError(target, 'ERR_CONTAINER_NOT_FOUND') };
+    if ('malformed' in from) return { error: malformedError(from, 'ERR_CONTAINER_NOT_FOUND') };
     if (mode !== undefined && mode !== 'ro' && mode !== 'rw') return { error: 'ERR_INVALID_MODE' };
     if (sameRef(target, from)) return { error: 'ERR_SHARE_FROM_SELF' };
     const container = this.changeable(target);
@@ -244,7 +247,7 @@ export class VolumesModel {
   }
 
   private existing(ref: Resolved): ModelContainer | { error: string } {
-    if ('malformed' in ref) return { error: 'ERR_INVALID_ID' };
+    if ('malformed' in ref) return { error: malformedError(ref, 'ERR_CONTAINER_NOT_FOUND') };
     return this.live(ref) ?? { error: 'ERR_CONTAINER_NOT_FOUND' };
   }
 
@@ -256,10 +259,15 @@ export class VolumesModel {
   }
 
   private existingVolume(ref: Resolved): number | { error: string } {
-    if ('malformed' in ref) return { error: 'ERR_INVALID_ID' };
+    if ('malformed' in ref) return { error: malformedError(ref, 'ERR_VOLUME_NOT_FOUND') };
     if ('unknown' in ref || !this.volumes.has(ref.id)) return { error: 'ERR_VOLUME_NOT_FOUND' };
     return ref.id;
   }
+}
+
+/** A malformed id given as it is: a string names nothing (Docker's "no such container"), a number is the wrong type. */
+function malformedError(ref: { malformed: MalformedVariant }, notFound: 'ERR_CONTAINER_NOT_FOUND' | 'ERR_VOLUME_NOT_FOUND'): string {
+  return ref.malformed === 'number' ? 'ERR_INVALID_ARGUMENT' : notFound;
 }
 
 function resolve(ref: Ref, live: readonly number[], idle: readonly number[], made: number): Resolved {

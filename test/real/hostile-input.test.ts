@@ -300,18 +300,23 @@ const CASES: Case[] = [
   ),
   ...[
     ['an empty id', () => ':ro'],
-    ['the id after the mode', (w: World) => `ro:${w.db.id}`],
     ["'../<db>:ro'", (w: World) => `../${w.db.id}:ro`],
     ['an upper-case id', (w: World) => w.db.id.toUpperCase()],
     ["''", () => ''],
   ].map(
     ([name, entry]): Case => ({
-      name: `create: volumesFrom entry with ${name as string}`,
+      name: `create: volumesFrom entry with ${name as string}: it names no container`,
       call: (w) => w.runtime.create({ rootfs: w.rootfs.spare, volumesFrom: [(entry as (w: World) => string)(w)] }),
-      code: 'ERR_INVALID_ID',
-      names: (w) => ['container id', quoted((entry as (w: World) => string)(w).split(':')[0] as string)],
+      code: 'ERR_CONTAINER_NOT_FOUND',
+      names: (w) => ['no such container', quoted((entry as (w: World) => string)(w).split(':')[0] as string)],
     }),
   ),
+  {
+    name: 'create: volumesFrom entry with the id after the mode: the mode is checked first',
+    call: (w) => w.runtime.create({ rootfs: w.rootfs.spare, volumesFrom: [`ro:${w.db.id}`] }),
+    code: 'ERR_INVALID_MODE',
+    names: (w) => [quoted(w.db.id)],
+  },
   ...[
     ['a number', 42],
     ['an object', { id: 'x' }],
@@ -337,7 +342,8 @@ const CASES: Case[] = [
       (bad): Case => ({
         name: `${method.name} with ${method.what} id ${bad.name}`,
         call: (w) => method.call(w, bad.value(method.what === 'volume' ? w.pgVolume : w.db.id) as string),
-        code: 'ERR_INVALID_ID',
+        // Never joined into a path: a string names no container (or volume), anything else is the wrong type.
+        code: typeof bad.value('') !== 'string' ? 'ERR_INVALID_ARGUMENT' : method.what === 'volume' ? 'ERR_VOLUME_NOT_FOUND' : 'ERR_CONTAINER_NOT_FOUND',
         names: (w) => [`${method.what} id`, shownAs(bad.value(method.what === 'volume' ? w.pgVolume : w.db.id))],
       }),
     ),
@@ -345,7 +351,7 @@ const CASES: Case[] = [
   {
     name: 'shareVolumesFrom(empty, ../<db>)',
     call: (w) => w.runtime.shareVolumesFrom(w.empty.id, `../${w.db.id}`),
-    code: 'ERR_INVALID_ID',
+    code: 'ERR_CONTAINER_NOT_FOUND',
     names: (w) => [quoted(`../${w.db.id}`)],
   },
   {

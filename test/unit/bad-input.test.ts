@@ -294,7 +294,7 @@ describe('constructors: new ContainerRuntime(options) and new VolumeManager(opti
 // Ids: every method that takes one
 // ---------------------------------------------------------------------------------------
 
-describe('ids: malformed ids are ERR_INVALID_ID, unknown well-formed ones ERR_*_NOT_FOUND', () => {
+describe('ids: any string that names nothing is ERR_*_NOT_FOUND, well-formed or not; a non-string is ERR_INVALID_ARGUMENT', () => {
   const world = useWorld();
 
   /** Each bad id is a variant of a real one (`existing`), so a lax check would hit a real container or volume. */
@@ -408,7 +408,8 @@ describe('ids: malformed ids are ERR_INVALID_ID, unknown well-formed ones ERR_*_
             (bad): Case => ({
               name: `malformed id: ${bad.label}`,
               call: (w) => method.call(w, bad.value(method.existing(w))),
-              code: 'ERR_INVALID_ID',
+              // Never a path: `../<uuid>` or `<uuid>/..` must not reach a real container or volume.
+              code: typeof bad.value('') !== 'string' ? 'ERR_INVALID_ARGUMENT' : method.what === 'container' ? 'ERR_CONTAINER_NOT_FOUND' : 'ERR_VOLUME_NOT_FOUND',
               names: (w) => [`${method.what} id`, ...shown(bad.value(method.existing(w)))],
             }),
           ),
@@ -635,8 +636,8 @@ describe('runtime.create(spec)', () => {
       ).map(([name, entry]) => ({
         name: `malformed: ${name}`,
         volumesFrom: (w: World) => [entry(w)],
-        code: 'ERR_INVALID_ID' as const,
-        names: () => ['container id'],
+        code: 'ERR_CONTAINER_NOT_FOUND' as const,
+        names: () => ['no such container', 'not a valid container id'],
       })),
       // bad modes
       ...(['', 'rx', 'ro,z', 'z', 'RW', 'RO', 'ro:rw', ' ro', 'ro ', 'readonly', 'w'] as const).map((mode) => ({
@@ -645,6 +646,12 @@ describe('runtime.create(spec)', () => {
         code: 'ERR_INVALID_MODE' as const,
         names: (w: World) => [JSON.stringify(mode), `${w.db.id}:${mode}`],
       })),
+      {
+        name: "a malformed id with mode 'rx'",
+        volumesFrom: () => ['nonexistent:rx'],
+        code: 'ERR_INVALID_MODE',
+        names: () => ['"rx"', 'nonexistent:rx'],
+      },
       {
         name: "a good entry, then mode 'rx'",
         volumesFrom: (w) => [w.db.id, `${w.app.id}:rx`],

@@ -181,6 +181,21 @@ describe('create with volumesFrom: sharing (seed §2)', () => {
     expect(error.message).toContain('00000000-0000-4000-8000-000000000000');
     expect(await snapshotTree(root)).toEqual(before);
   });
+
+  test("a source named by something that is not an id ('nonexistent') names no container, as Docker says: ERR_CONTAINER_NOT_FOUND", async () => {
+    const { runtime, root, rootfs } = await withDb();
+    const fsRoot = await rootfs('c');
+    const before = await snapshotTree(root);
+    for (const entry of ['nonexistent', 'nonexistent:ro', '../nonexistent']) {
+      const error = await expectCode(runtime.create({ rootfs: fsRoot, volumesFrom: [entry] }), 'ERR_CONTAINER_NOT_FOUND');
+      expect(error.message).toMatch(/no such container: ".*nonexistent" \(not a valid container id\)/);
+    }
+    await expectCode(runtime.get('nonexistent'), 'ERR_CONTAINER_NOT_FOUND');
+    await expectCode(runtime.volumes.inspect('nonexistent'), 'ERR_VOLUME_NOT_FOUND');
+    // A bad mode is still a bad mode, whatever it follows.
+    await expectCode(runtime.create({ rootfs: fsRoot, volumesFrom: ['nonexistent:rx'] }), 'ERR_INVALID_MODE');
+    expect(await snapshotTree(root)).toEqual(before);
+  });
 });
 
 describe('createVolumes and shareVolumesFrom on an existing container', () => {

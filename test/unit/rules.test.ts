@@ -55,8 +55,15 @@ describe('--volumes-from entries', () => {
     expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_MODE' }));
   });
 
-  test.each([['abc'], [ID.toUpperCase()], ['../etc'], [`${ID}/x`], [':ro'], ['']])('%j is ERR_INVALID_ID', (entry) => {
-    expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ID' }));
+  test.each([['abc'], ['nonexistent'], [ID.toUpperCase()], ['../etc'], [`${ID}/x`], [':ro'], [''], ['abc:rw']])(
+    '%j names no container: ERR_CONTAINER_NOT_FOUND',
+    (entry) => {
+      expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_CONTAINER_NOT_FOUND' }));
+    },
+  );
+
+  test.each([['abc:rx'], ['../etc:'], [':RO']])('%j has a bad mode whatever precedes it: ERR_INVALID_MODE', (entry) => {
+    expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_MODE' }));
   });
 });
 
