@@ -10,6 +10,7 @@ import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
+import { checkHandlerEnded, handlerRunning } from './handlers/handler-state.js';
 import type { VolumeMount } from './types.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
@@ -71,6 +72,14 @@ async function checkVolumesExist(ctx: Context, config: ContainerConfig): Promise
 
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
+  if (config.handler && handlerRunning(config.handler)) {
+    // Mounted on the host too, its mounts would be indistinguishable from the target's
+    // when the rootfs is the same, and unmounting one would take the other's.
+    throw new ContainerVolumesError(
+      'ERR_HANDLER_RUNNING',
+      `container ${containerId} is the transient container of a handler that runs in process ${config.handler.pid}: its volumes are mounted only in the handler's own namespace`,
+    );
+  }
   await checkVolumesExist(ctx, config);
   const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
   const guard = () => ctx.store.assertLocked();
@@ -98,6 +107,10 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
+  // A handler's mounts only ever existed in its private namespace. On the host the same
+  // paths and sources may be another container's mounts (the target's own rootfs is a
+  // natural handler rootfs): those must stay.
+  if (config.handler && !config.mounted) return config;
   await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
   if (!config.mounted) return config;
   const { mountedInBoot: _, ...unmounted } = { ...config, mounted: false };
@@ -119,6 +132,7 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
     }
     for (const id of orphans) await checkNothingMountedIn(ctx, id);
   }
+  await checkHandlerEnded(config, force);
   if (force) await unmountContainer(ctx, config);
   await ctx.store.deleteContainer(config);
   for (const id of orphans) await ctx.store.deleteVolumeDir(id);

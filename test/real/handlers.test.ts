@@ -536,7 +536,9 @@ describe("a command handler's processes die with it", () => {
     // By the time the container is gone, so is every process that had the volumes mounted.
     expect(processesIn(ns)).toEqual([]);
     expect(report.removedHandlers).toEqual([handler.id]);
-    expect(await expectCode(settled as Promise<unknown>, 'ERR_HANDLER_FAILED')).toBeInstanceOf(HandlerError);
+    const failed = (await settled) as HandlerError;
+    expect(failed).toBeInstanceOf(HandlerError);
+    expect(failed.code).toBe('ERR_HANDLER_FAILED');
     expect((await w.runtime.volumes.prune()).removed).toHaveLength(3);
     await expectNothingLeft(w, []);
   });
