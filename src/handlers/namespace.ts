@@ -96,8 +96,12 @@ export async function privateMounts(plan: readonly MountRequest[], onStart?: (in
         const subprocess = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'nsenter', target, '--pid', '--', 'nsenter', target, '--mount', '--', ...argv], options);
         const stop = (why: Stop) => {
           stopped ??= why;
-          subprocess.kill('SIGKILL');
+          // The namespace first: the outer nsenter reaps the command as it dies. Killed
+          // first, it would leave the command to the host's init to reap, which the
+          // namespace's end waits for. It is killed too once the namespace is gone, in case
+          // it never got as far as forking into it.
           killAll();
+          void done.then(() => subprocess.kill('SIGKILL'));
         };
         const onAbort = () => stop('abort');
         const timer = timeout === undefined ? undefined : setTimeout(() => stop('timeout'), timeout);
