@@ -1194,6 +1194,14 @@ const TAMPERS: Tamper[] = [
   { name: 'origin missing', apply: edit((cfg) => delete cfg.volumes[0].origin) },
   { name: 'two volumes at one path', apply: edit((cfg) => (cfg.volumes[1].path = cfg.volumes[0].path)) },
   {
+    name: "handler namespace with pid 0 (a kill would reach this process's group)",
+    apply: edit((cfg) => (cfg.handler = { pid: 1, bootId: '00000000-0000-4000-8000-000000000000', namespace: { pid: 0, startTime: 1 } })),
+  },
+  {
+    name: 'handler namespace without a start time',
+    apply: edit((cfg) => (cfg.handler = { pid: 1, bootId: '00000000-0000-4000-8000-000000000000', namespace: { pid: 42 } })),
+  },
+  {
     name: "a symlink to app's configuration",
     apply: async (w, file) => {
       await fs.rm(file);
