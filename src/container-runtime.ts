@@ -79,7 +79,8 @@ export class ContainerRuntime {
   /**
    * Deletes the container's configuration. A mounted container is refused unless
    * `force` (which unmounts it first); `volumes` also deletes its volumes that no
-   * other container references (`docker rm -v`).
+   * other container references (`docker rm -v`). A running handler's transient
+   * container is refused (ERR_HANDLER_RUNNING); `force` kills a command handler first.
    */
   async remove(containerId: string, options?: RemoveContainerOptions): Promise<void> {
     checkReference(containerId, 'container');

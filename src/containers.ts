@@ -13,6 +13,7 @@ import { currentBootId } from './store/boot-id.js';
 import { currentMountNamespace } from './mount-namespace.js';
 import { mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
 import { recordNamespace } from './store/namespace-registry.js';
+import { checkHandlerEnded, handlerRunning } from './handlers/handler-state.js';
 import type { VolumeMount } from './types.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
@@ -74,6 +75,14 @@ export async function checkVolumesExist(ctx: Context, config: ContainerConfig): 
 
 export async function mountContainer(ctx: Context, containerId: string): Promise<ContainerConfig> {
   const config = await ctx.store.readContainer(containerId);
+  if (config.handler && handlerRunning(config.handler)) {
+    // Mounted on the host too, its mounts would be indistinguishable from the target's
+    // when the rootfs is the same, and unmounting one would take the other's.
+    throw new ContainerVolumesError(
+      'ERR_HANDLER_RUNNING',
+      `container ${containerId} is the transient container of a handler that runs in process ${config.handler.pid}: its volumes are mounted only in the handler's own namespace`,
+    );
+  }
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'mount');
   await checkVolumesExist(ctx, config);
@@ -107,6 +116,10 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
+  // A handler's mounts only ever existed in its private namespace. On the host the same
+  // paths and sources may be another container's mounts (the target's own rootfs is a
+  // natural handler rootfs): those must stay.
+  if (config.handler && !config.mounted) return config;
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'unmount');
   await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
@@ -132,6 +145,7 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
     }
     for (const id of orphans) await checkDeletable(ctx, id, force ? config.rootfs : undefined);
   }
+  await checkHandlerEnded(config, force);
   if (force) await unmountContainer(ctx, config);
   await ctx.store.deleteContainer(config);
   for (const id of orphans) await ctx.store.deleteVolumeDir(id);

@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'ERR_HANDLER_FAILED'
   | 'ERR_HANDLER_ABORTED'
   | 'ERR_HANDLER_TIMED_OUT'
+  | 'ERR_HANDLER_RUNNING'
   | 'ERR_INVALID_ARCHIVE';
 
 export class ContainerVolumesError extends Error {

@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { processStat } from './process-alive.js';
 import { currentBootId } from './store/boot-id.js';
 
 /**
@@ -24,7 +25,7 @@ let current: MountNamespace | undefined;
 
 /** The namespace this process mounts in. A process cannot change it: Node is multi-threaded and `setns` refuses. */
 export function currentMountNamespace(): MountNamespace {
-  current ??= { namespace: readlinkSync('/proc/self/ns/mnt'), pid: process.pid, startTime: startTimeOf(process.pid) as number };
+  current ??= { namespace: readlinkSync('/proc/self/ns/mnt'), pid: process.pid, startTime: (processStat(process.pid) as { startTime: number }).startTime };
   return current;
 }
 
@@ -39,7 +40,7 @@ export function currentMountNamespace(): MountNamespace {
 export function processInNamespace(ns: MountNamespace, bootId: string): number | undefined {
   if (bootId !== currentBootId()) return undefined;
   if (ns.namespace === currentMountNamespace().namespace) return process.pid;
-  if (startTimeOf(ns.pid) === ns.startTime && namespaceOf(ns.pid) === ns.namespace) return ns.pid;
+  if (processStat(ns.pid)?.startTime === ns.startTime && namespaceOf(ns.pid) === ns.namespace) return ns.pid;
   return processesIn(ns.namespace)[0];
 }
 
@@ -60,18 +61,4 @@ function namespaceOf(pid: number): string | undefined {
   } catch {
     return undefined; // gone, or a kernel thread
   }
-}
-
-/** Field 22 of `/proc/<pid>/stat`, read after the command name, which may hold spaces and parentheses. */
-export function startTimeOf(pid: number): number | undefined {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is field 3 (state), so field 22 is fields[19].
-  const value = Number(fields[19]);
-  return Number.isSafeInteger(value) ? value : undefined;
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { isErrnoException } from './errors.js';
 
 /** Whether a process with this pid exists now (in this boot; callers compare boot ids themselves). */
@@ -11,4 +12,22 @@ export function isAlive(pid: number): boolean {
     // EPERM: it exists, it is just not ours to signal.
     return isErrnoException(error, 'EPERM');
   }
+}
+
+/**
+ * A process's state letter and start time (clock ticks after boot: with the pid, it
+ * names one process of a boot, never a later one given the same pid); undefined once it
+ * is gone. Read after the command name, which may hold spaces and parentheses.
+ */
+export function processStat(pid: number): { state: string; startTime: number } | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // Field 3 (state) on; field 22 is starttime.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const startTime = Number(fields[19]);
+  return Number.isSafeInteger(startTime) ? { state: fields[0] as string, startTime } : undefined;
 }

@@ -8,8 +8,9 @@ import { applyPlan, isComplete, mountedThere, planMounts } from './mount-plan.js
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import { currentBootId } from './store/boot-id.js';
 import type { ContainerConfig } from './store/container-config.js';
-import { isAlive } from './process-alive.js';
 import { forgetIdleNamespaces, whereMounted } from './mounted-elsewhere.js';
+import { namespaceAlive, runnerAlive } from './handlers/handler-state.js';
+import { stopNamespace } from './handlers/namespace.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {
@@ -20,7 +21,10 @@ export interface RecoveryReport {
    * mounted in has exited: their mounts went with it.
    */
   namespaceGone: string[];
-  /** Transient handler containers whose process is gone, removed. */
+  /**
+   * Transient handler containers whose process is gone, removed (after killing what was
+   * left of a command handler's processes: its volumes are not deleted under them).
+   */
   removedHandlers: string[];
   /** Mounts of the store's volumes that no configuration wants there (or stacked twice), detached. */
   unmounted: { containerId: string; path: string }[];
@@ -64,7 +68,16 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   const kept: ContainerConfig[] = [];
   const elsewhere = new Set<string>();
   for (const config of configs) {
-    if (config.handler && !(config.handler.bootId === boot && isAlive(config.handler.pid))) {
+    if (config.handler && !runnerAlive(config.handler)) {
+      // Its processes die with their runner, but not at the same instant: until they are
+      // gone, they may use the volumes, which the container protects.
+      const { namespace } = config.handler;
+      if (namespace && namespaceAlive(config.handler) && !(await stopNamespace(namespace))) {
+        const message = `the processes of handler container ${config.id} (whose process ${config.handler.pid} is gone) did not die when killed`;
+        report.failed.push({ containerId: config.id, code: 'ERR_HANDLER_RUNNING', message });
+        kept.push(config);
+        continue;
+      }
       // Its mounts, if any, lived in the handler's own mount namespace, gone with it.
       await ctx.store.deleteContainer(config);
       report.removedHandlers.push(config.id);

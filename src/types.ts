@@ -20,6 +20,13 @@ export interface ContainerInfo {
   /** True between a successful `mount` and the next `unmount`: the runtime means it to be mounted. */
   mounted: boolean;
   createdAt: string;
+  /**
+   * Set on a handler's transient container only: `pid` is the process running the
+   * handler (this one or another). Its volumes are mounted only in the handler's own
+   * namespace, never on the host; it cannot be mounted, nor removed while the handler
+   * runs (ERR_HANDLER_RUNNING).
+   */
+  handler?: { pid: number };
 }
 
 export interface VolumeUse {

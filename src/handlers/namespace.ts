@@ -1,10 +1,11 @@
-import { closeSync, fstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa, type Options } from 'execa';
 import { ContainerVolumesError } from '../errors.js';
 import { debugRuntime } from '../debug.js';
 import { bindMounterIn } from '../mounter/bind.js';
 import type { MountRequest } from '../mounter/mounter.js';
+import { processStat } from '../process-alive.js';
 
 /** How long a new namespace may take to appear before we give up. */
 const START_TIMEOUT_MS = 5000;
@@ -20,30 +21,47 @@ export interface RunLimits {
 }
 
 /**
- * A private mount namespace with volumes mounted in it, kept alive by a holder process
- * (`unshare --mount --propagation private sleep`). Mounts made there never reach the
- * host's namespace, and they vanish with the namespace when its processes are killed,
- * also when this process dies first: the holder and the command get SIGKILL as their
- * parent-death signal.
+ * The first process of a handler's PID namespace, as the host numbers it. When it dies
+ * the kernel kills every other process of the namespace, and it dies only once they
+ * are all gone. `startTime` (clock ticks after boot, from /proc/<pid>/stat) tells it
+ * from a later process given the same pid.
+ */
+export interface NamespaceInit {
+  pid: number;
+  startTime: number;
+}
+
+/**
+ * A private mount namespace with volumes mounted in it, inside a PID namespace of its
+ * own, kept alive by a holder (`unshare --mount --propagation private --pid --fork
+ * --kill-child sleep`, whose forked `sleep` is the namespace's init). Mounts made there
+ * never reach the host's namespace. Every process of the command, whatever it forks
+ * and wherever it goes (a process cannot leave its PID namespace), dies with the init:
+ * when the command ends, and also when this process dies first (the holder gets
+ * SIGKILL as its parent-death signal, and the init as its own when the holder dies).
  */
 export interface PrivateMounts {
   /**
-   * Runs `argv` inside the namespace. When it exits, when `timeout` passes or when
-   * `signal` aborts, every process in the namespace is killed: a child the command
-   * forked would otherwise outlive it, keep the mounts alive and hold its output pipes
-   * open.
+   * Runs `argv` inside the namespaces. When it exits, when `timeout` passes or when
+   * `signal` aborts, every process in them is killed: a child the command forked would
+   * otherwise outlive it, keep the mounts alive and hold its output pipes open.
    */
   run(argv: readonly string[], options: Options, limits?: RunLimits): ReturnType<typeof execa>;
   /** Why the command was killed, if it was. */
   readonly stopped: Stop | undefined;
-  /** Kills every process in the namespace and waits for the holder. */
+  /** Kills every process in the namespaces and waits until they are gone. */
   close(): Promise<void>;
 }
 
-export async function privateMounts(plan: readonly MountRequest[]): Promise<PrivateMounts> {
+/**
+ * Makes the namespaces, calls `onStart` with their init before anything is mounted
+ * there (a caller records it, so that another process can tell whether the volumes
+ * are still in use), then mounts `plan` in them.
+ */
+export async function privateMounts(plan: readonly MountRequest[], onStart?: (init: NamespaceInit) => Promise<void>): Promise<PrivateMounts> {
   const holder = execa(
     'setpriv',
-    ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--', 'sleep', 'infinity'],
+    ['--pdeathsig', 'KILL', '--', 'unshare', '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', '--', 'sleep', 'infinity'],
     { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', reject: false, env: { LC_ALL: 'C' } },
   );
   let exited = false;
@@ -51,40 +69,40 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
     exited = true;
     return result;
   });
-  // An open descriptor keeps the namespace, and so its inode number, alive: without it a
-  // namespace made later could get the same number, and killing by number would hit it.
-  let pinned: number | undefined;
+  let init: NamespaceInit | undefined;
   let stopped: Stop | undefined;
-  const killAll = async () => {
-    if (pinned === undefined) return;
-    await killNamespace(`mnt:[${fstatSync(pinned).ino}]`).catch((e: Error) =>
-      debugRuntime('killing the processes of the namespace of %d failed: %s', holder.pid, e.message),
-    );
+  const killAll = () => {
+    if (init) killInit(init);
   };
   const close = async () => {
-    await killAll();
+    killAll();
+    // The holder waits for the init, and the init exits only after every process of its namespace.
+    if (init && (await Promise.race([done.then(() => true), sleep(KILL_TIMEOUT_MS, false, { ref: false })]))) return;
+    if (init) debugRuntime('the processes of the namespace of %d did not die within %d ms', init.pid, KILL_TIMEOUT_MS);
     holder.kill('SIGKILL');
     await done;
-    if (pinned !== undefined) closeSync(pinned);
-    pinned = undefined;
   };
   try {
     const pid = holder.pid;
     if (pid === undefined) throw new Error((await done).message);
-    const ns = await untilPrivate(pid, () => exited, done);
-    pinned = openSync(`/proc/${pid}/ns/mnt`, 'r');
-    // Had the holder died and its pid been reused in between, we would kill in another namespace.
-    if (`mnt:[${fstatSync(pinned).ino}]` !== ns) throw new Error(`the namespace holder ${pid} went away`);
-    if (plan.length > 0) await bindMounterIn(pid).mountAll(plan);
-    debugRuntime('private mount namespace of %d has %d mounts', pid, plan.length);
+    init = await untilPrivate(pid, () => exited, done);
+    await onStart?.(init);
+    if (plan.length > 0) await bindMounterIn(init.pid).mountAll(plan);
+    debugRuntime('private namespaces of %d have %d mounts', init.pid, plan.length);
+    const target = `--target=${init.pid}`;
     return {
       run(argv, options, { signal, timeout } = {}) {
-        const subprocess = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'nsenter', `--target=${pid}`, '--mount', '--', ...argv], options);
+        // Two steps: the outer nsenter forks the command into the PID namespace and waits
+        // for it from outside; only the inner one, in there, enters the mount namespace.
+        const subprocess = execa('setpriv', ['--pdeathsig', 'KILL', '--', 'nsenter', target, '--pid', '--', 'nsenter', target, '--mount', '--', ...argv], options);
         const stop = (why: Stop) => {
           stopped ??= why;
-          // Until nsenter has entered the namespace, the command is found only by its pid.
-          subprocess.kill('SIGKILL');
-          void killAll();
+          // The namespace first: the outer nsenter reaps the command as it dies. Killed
+          // first, it would leave the command to the host's init to reap, which the
+          // namespace's end waits for. It is killed too once the namespace is gone, in case
+          // it never got as far as forking into it.
+          killAll();
+          void done.then(() => subprocess.kill('SIGKILL'));
         };
         const onAbort = () => stop('abort');
         const timer = timeout === undefined ? undefined : setTimeout(() => stop('timeout'), timeout);
@@ -96,7 +114,7 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
         subprocess.once('error', ended);
         subprocess.once('exit', () => {
           ended();
-          void killAll();
+          killAll();
         });
         if (signal?.aborted) onAbort();
         return subprocess;
@@ -113,61 +131,62 @@ export async function privateMounts(plan: readonly MountRequest[]): Promise<Priv
   }
 }
 
+/** Whether the init still runs, so that a process of its namespace may: a zombie init has outlived them all. */
+export function initAlive(init: NamespaceInit): boolean {
+  const stat = processStat(init.pid);
+  return stat !== undefined && stat.startTime === init.startTime && stat.state !== 'Z' && stat.state !== 'X';
+}
+
+/** SIGKILLs the init, and so its whole namespace, unless its pid now names another process. */
+function killInit(init: NamespaceInit): void {
+  if (!initAlive(init)) return;
+  try {
+    process.kill(init.pid, 'SIGKILL');
+  } catch {
+    // Exited since the look.
+  }
+}
+
 /**
- * SIGKILLs every process in the mount namespace `ns` (as /proc/<pid>/ns/mnt reads) until
- * none is left: a process may fork between one scan and the kill.
+ * Kills the namespace of `init` and waits until none of its processes is left; false
+ * if one did not die in time (stuck in the kernel).
  */
-async function killNamespace(ns: string): Promise<void> {
+export async function stopNamespace(init: NamespaceInit): Promise<boolean> {
   const deadline = Date.now() + KILL_TIMEOUT_MS;
-  for (;;) {
-    const found = processesIn(ns);
-    if (found.length === 0) return;
-    if (Date.now() > deadline) {
-      debugRuntime('processes %o of mount namespace %s did not die', found, ns);
-      return;
-    }
-    for (const pid of found) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Exited since the scan.
-      }
-    }
+  while (initAlive(init)) {
+    if (Date.now() > deadline) return false;
+    killInit(init);
     await sleep(1);
   }
-}
-
-function processesIn(ns: string): number[] {
-  const pids: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    // Only numeric entries are processes; anything else must never reach process.kill.
-    if (!/^[1-9][0-9]{0,9}$/.test(name)) continue;
-    const pid = Number(name);
-    if (!Number.isSafeInteger(pid) || pid === process.pid) continue;
-    try {
-      if (readlinkSync(`/proc/${pid}/ns/mnt`) === ns) pids.push(pid);
-    } catch {
-      // Gone, or a zombie: it has left its namespaces already.
-    }
-  }
-  return pids;
+  return true;
 }
 
 /**
- * Waits until the holder is in a new namespace whose mounts are all private: unshare
- * switches namespaces first and changes propagation after, and a mount made in between
- * could propagate back to the host. Resolves to the namespace, as /proc/<pid>/ns/mnt reads.
+ * Waits until the holder has forked the init into new namespaces where no mount is
+ * `shared`: unshare switches namespaces first and changes propagation after, and a
+ * mount made in between could propagate back to the host. The init sets its
+ * parent-death signal before it changes propagation, so it is set by then too.
  */
-async function untilPrivate(pid: number, exited: () => boolean, done: Promise<{ stderr?: unknown }>): Promise<string> {
-  const own = readlinkSync('/proc/self/ns/mnt');
+async function untilPrivate(holder: number, exited: () => boolean, done: Promise<{ stderr?: unknown }>): Promise<NamespaceInit> {
+  const own = { mnt: readlinkSync('/proc/self/ns/mnt'), pid: readlinkSync('/proc/self/ns/pid') };
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (exited()) throw new Error(`unshare exited: ${String((await done).stderr ?? '').trim()}`);
     try {
-      const ns = readlinkSync(`/proc/${pid}/ns/mnt`);
-      if (ns !== own && !/ shared:/.test(readFileSync(`/proc/${pid}/mountinfo`, 'utf8'))) return ns;
+      const [child] = readFileSync(`/proc/${holder}/task/${holder}/children`, 'utf8').split(' ').filter(Boolean);
+      const pid = Number(child);
+      if (
+        Number.isSafeInteger(pid) &&
+        pid > 0 &&
+        readlinkSync(`/proc/${pid}/ns/pid`) !== own.pid &&
+        readlinkSync(`/proc/${pid}/ns/mnt`) !== own.mnt &&
+        !/ shared:/.test(readFileSync(`/proc/${pid}/mountinfo`, 'utf8'))
+      ) {
+        const stat = processStat(pid);
+        if (stat) return { pid, startTime: stat.startTime };
+      }
     } catch {
-      // Between fork and exec the files may not be readable yet.
+      // Before the fork, or between fork and exec, the files may not be readable yet.
     }
     await sleep(1);
   }

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import type { Context } from '../context.js';
 import { optionsObject } from '../context.js';
-import { createContainer, removeContainer } from '../containers.js';
+import { createContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
@@ -13,7 +13,7 @@ import { checkMode } from '../spec/volumes-from.js';
 import { currentBootId } from '../store/boot-id.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { ContainerInfo, Mode, VolumeMount } from '../types.js';
-import { privateMounts } from './namespace.js';
+import { type NamespaceInit, privateMounts } from './namespace.js';
 
 /** The most output of a command handler collected into its result, per stream. */
 const MAX_COLLECTED = 64 * 1024 * 1024;
@@ -163,8 +163,11 @@ export async function withHandlerContainer<T>(
       const volumes = container.volumes.map((v) => ({ ...v, origin: { from: targetId }, hostPath: ctx.store.volumeDir(v.volumeId) }));
       return await body(container, volumes, target);
     } finally {
+      // Not through `remove`: the container is ours, its handler has ended here, and nothing
+      // of it was mounted on the host (unmounting by its plan would take the host's mounts
+      // of the same volumes at the same paths, such as the target's in its own rootfs).
       await ctx.store
-        .exclusive(() => removeContainer(ctx, container.id, true, false))
+        .exclusive(async () => ctx.store.deleteContainer(await ctx.store.readContainer(container.id)))
         .catch((e: Error) => debugRuntime('removing handler container %s failed (recover() will): %s', container.id, e.message));
     }
   } finally {
@@ -172,8 +175,23 @@ export async function withHandlerContainer<T>(
   }
 }
 
+/**
+ * Records the init of a command handler's namespaces in its container, before the
+ * volumes are mounted there: while it lives, `remove` and `recover()` know that a
+ * process may still use them, even once the process running the handler is gone.
+ * A container removed meanwhile (`remove` with force) stops the handler here.
+ */
+export async function recordNamespace(ctx: Context, containerId: string, namespace: NamespaceInit): Promise<void> {
+  await ctx.store.exclusive(async () => {
+    const config = await ctx.store.readContainer(containerId);
+    if (!config.handler) throw new Error(`container ${containerId} is not a handler container`);
+    await ctx.store.writeContainer({ ...config, handler: { ...config.handler, namespace } }, config);
+  });
+}
+
 async function runCommand(ctx: Context, container: ContainerConfig, targetId: string, spec: CommandHandler): Promise<CommandResult> {
-  const mounts = await privateMounts(planMounts(container, (id) => ctx.store.volumeDir(id)));
+  const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
+  const mounts = await privateMounts(plan, (init) => recordNamespace(ctx, container.id, init));
   try {
     const subprocess = mounts.run(
       ['chroot', container.rootfs, ...spec.command],

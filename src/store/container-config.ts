@@ -13,8 +13,13 @@ export interface ContainerConfig extends ContainerInfo {
   mountedInBoot?: string;
   /** The mount namespace in which `mounted` became true: mounts are invisible from any other. */
   mountedIn?: MountNamespace;
-  /** Set on a handler's transient container: the process running it, so recover() can remove it once that process is gone. */
-  handler?: { pid: number; bootId: string };
+  /**
+   * Set on a handler's transient container: the process running it, so recover() can
+   * remove it once that process is gone, and for a command handler the init of its
+   * namespaces, recorded before anything is mounted there: while it lives, a process of
+   * the handler may still use the volumes.
+   */
+  handler?: { pid: number; bootId: string; namespace?: { pid: number; startTime: number } };
 }
 
 export function serializeConfig(config: ContainerConfig): string {
@@ -49,7 +54,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   if (new Set(parsed.map((v) => v.path)).size !== parsed.length) throw corrupt('two volumes share a path');
   if (mountedInBoot !== undefined && !isBootId(mountedInBoot)) throw corrupt('bad mountedInBoot');
   if (mountedIn !== undefined && !isMountNamespace(mountedIn)) throw corrupt('bad mountedIn');
-  if (handler !== undefined && !(isObject(handler) && Number.isSafeInteger(handler.pid) && (handler.pid as number) > 0 && isBootId(handler.bootId))) {
+  if (handler !== undefined && !(isObject(handler) && isPid(handler.pid) && isBootId(handler.bootId) && isNamespaceInit(handler.namespace))) {
     throw corrupt('bad handler');
   }
   return {
@@ -61,16 +66,35 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     volumes: parsed,
     ...(mountedInBoot === undefined ? {} : { mountedInBoot }),
     ...(mountedIn === undefined ? {} : { mountedIn: { namespace: mountedIn.namespace, pid: mountedIn.pid, startTime: mountedIn.startTime } }),
-    ...(handler === undefined ? {} : { handler: { pid: handler.pid as number, bootId: handler.bootId as string } }),
+    ...(handler === undefined ? {} : { handler: parsedHandler(handler) }),
+  };
+}
+
+function isPid(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) > 0;
+}
+
+/** A process's start time: clock ticks after boot. */
+function isStartTime(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+function isNamespaceInit(value: unknown): boolean {
+  return value === undefined || (isObject(value) && isPid(value.pid) && isStartTime(value.startTime));
+}
+
+/** Only the checked fields, copied: nothing else from disk is carried along. */
+function parsedHandler(handler: Record<string, unknown>): NonNullable<ContainerConfig['handler']> {
+  const namespace = handler.namespace as { pid: number; startTime: number } | undefined;
+  return {
+    pid: handler.pid as number,
+    bootId: handler.bootId as string,
+    ...(namespace === undefined ? {} : { namespace: { pid: namespace.pid, startTime: namespace.startTime } }),
   };
 }
 
 function isMountNamespace(value: unknown): value is MountNamespace {
-  return isObject(value) && isNamespaceId(value.namespace) && isPositive(value.pid) && isPositive(value.startTime);
-}
-
-function isPositive(value: unknown): value is number {
-  return Number.isSafeInteger(value) && (value as number) > 0;
+  return isObject(value) && isNamespaceId(value.namespace) && isPid(value.pid) && isStartTime(value.startTime);
 }
 
 function parseVolumeMount(entry: unknown, corrupt: (why: string) => Error): VolumeMount {
@@ -102,5 +126,6 @@ export function toContainerInfo(config: ContainerConfig): ContainerInfo {
     volumes: config.volumes.map((v) => ({ ...v, origin: v.origin === 'created' ? 'created' : { ...v.origin } })),
     mounted: config.mounted,
     createdAt: config.createdAt,
+    ...(config.handler ? { handler: { pid: config.handler.pid } } : {}),
   };
 }

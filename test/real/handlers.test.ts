@@ -384,6 +384,226 @@ describe('in-use protection: the volumes cannot be removed or pruned while a han
   });
 });
 
+// ---------------------------------------------------------------------------------------
+// A handler's mounts and processes are its own: the host's mounts stay, its processes die
+// with it, and its transient container says what it is.
+
+/** The mount and pid namespaces of a process, as /proc/<pid>/ns reads them. */
+function namespacesOf(pid: number): { mnt: string; pid: string } {
+  return { mnt: fs.readlinkSync(`/proc/${pid}/ns/mnt`), pid: fs.readlinkSync(`/proc/${pid}/ns/pid`) };
+}
+
+/** Live processes in the mount namespace `ns.mnt`, or in the pid namespace `ns.pid` when it is not ours. */
+function processesIn(ns: { mnt: string; pid: string }): Proc[] {
+  const ownPid = fs.readlinkSync('/proc/self/ns/pid');
+  return processes().filter((p) => {
+    if (p.state === 'Z') return false;
+    try {
+      const theirs = namespacesOf(p.pid);
+      return theirs.mnt === ns.mnt || (ns.pid !== ownPid && theirs.pid === ns.pid);
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** A container whose rootfs is a busybox rootfs (with /dev/null), as a database container holding its own tools would be. */
+async function toolsWorld() {
+  const w = await world();
+  const rootfs = await jobsRootfs(w);
+  const db = await w.runtime.create({ rootfs, volumes: ['/data', '/data/nested', '/logs'] });
+  await fsp.writeFile(path.join(w.hostPath(db, '/data'), 'a'), 'a\n');
+  await fsp.writeFile(path.join(w.hostPath(db, '/data/nested'), 'b'), 'b\n');
+  return { ...w, db };
+}
+
+/** The host's mounts under `dir`, as comparable data. */
+const mountsAt = (dir: string) => mountsUnder(dir).map((m) => [m.id, m.mountPoint, m.root, m.options.join(',')]);
+
+describe("a handler never touches the host's mounts", () => {
+  test("a command handler run in the mounted target's own rootfs leaves the target's mounts in place", async () => {
+    const w = await toolsWorld();
+    const { db } = w;
+    await w.runtime.mount(db.id);
+    const before = mountsAt(db.rootfs);
+    expect(before).toHaveLength(3);
+    const result = await w.runtime.runHandler(db.id, { command: ['/bin/cat', '/data/a', '/data/nested/b'], rootfs: db.rootfs, mode: 'ro' });
+    expect(result.stdout).toBe('a\nb');
+    expect(mountsAt(db.rootfs)).toEqual(before);
+    expect((await w.runtime.get(db.id)).mounted).toBe(true);
+    expect(await fsp.readFile(path.join(db.rootfs, 'data/nested/b'), 'utf8')).toBe('b\n');
+    // And rw, through a function handler, and once more: nothing changes either.
+    await w.runtime.runHandler(db.id, { command: ['/bin/sh', '-c', 'echo x > /logs/x'], rootfs: db.rootfs });
+    await w.runtime.runHandler(db.id, () => 'ran');
+    expect(mountsAt(db.rootfs)).toEqual(before);
+    expect(await fsp.readFile(path.join(db.rootfs, 'logs/x'), 'utf8')).toBe('x\n');
+    await w.runtime.unmount(db.id);
+    await expectNothingLeft(w, [db.id]);
+  });
+
+  test("a command handler run in the rootfs of another mounted container sharing the volumes leaves that container's mounts in place", async () => {
+    const w = await toolsWorld();
+    const { db } = w;
+    const toolsRootfs = await busyboxRootfs(path.join(w.dir, 'tools-rootfs'));
+    const tools = await w.runtime.create({ rootfs: toolsRootfs, volumesFrom: [db.id] });
+    await w.runtime.mount(tools.id);
+    await w.runtime.mount(db.id);
+    const before = { tools: mountsAt(toolsRootfs), db: mountsAt(db.rootfs) };
+    expect(before.tools).toHaveLength(3);
+    const result = await w.runtime.runHandler(db.id, { command: ['/bin/cat', '/data/a'], rootfs: toolsRootfs, mode: 'ro' });
+    expect(result.stdout).toBe('a');
+    expect({ tools: mountsAt(toolsRootfs), db: mountsAt(db.rootfs) }).toEqual(before);
+    expect((await w.runtime.get(tools.id)).mounted).toBe(true);
+    await w.runtime.unmount(tools.id);
+    await w.runtime.unmount(db.id);
+    await expectNothingLeft(w, [db.id, tools.id]);
+  });
+
+  test("unmount of a running handler's container is a no-op on the host, and mount of it is refused: ERR_HANDLER_RUNNING", async () => {
+    const w = await toolsWorld();
+    const { db } = w;
+    await w.runtime.mount(db.id);
+    const before = mountsAt(db.rootfs);
+    const logs = w.hostPath(db, '/logs');
+    const running = w.runtime.runHandler(db.id, {
+      command: ['/bin/sh', '-c', 'touch /logs/started; while [ ! -e /logs/go ]; do sleep 0.05; done'],
+      rootfs: db.rootfs,
+    });
+    await until('the command to start', () => fs.existsSync(path.join(logs, 'started')));
+    const handler = (await w.runtime.list()).find((c) => c.id !== db.id)!;
+    expect((await w.runtime.unmount(handler.id)).mounted).toBe(false);
+    expect(mountsAt(db.rootfs)).toEqual(before);
+    const error = await expectCode(w.runtime.mount(handler.id), 'ERR_HANDLER_RUNNING');
+    expect(error.message).toContain(handler.id);
+    expect(mountsAt(db.rootfs)).toEqual(before);
+    await fsp.writeFile(path.join(logs, 'go'), '');
+    await running;
+    expect(mountsAt(db.rootfs)).toEqual(before);
+    await w.runtime.unmount(db.id);
+    await expectNothingLeft(w, [db.id]);
+  });
+});
+
+describe("a command handler's processes die with it", () => {
+  test('a child forked by the command dies when the process running the handler is SIGKILLed; recover() then removes the container', async () => {
+    const w = await toolsWorld();
+    const { db } = w;
+    const worker = startWorker(w, [db.id, 'command', db.rootfs, '/bin/sh', '-c', 'sleep 1000 & touch /logs/started; wait']);
+    let ns: { mnt: string; pid: string } | undefined;
+    try {
+      const child = await until('the child to run', () => ourProcesses([db.rootfs]).find((p) => p.args === 'sleep 1000'), 30_000);
+      ns = namespacesOf(child.pid);
+      expect(processesIn(ns).map((p) => p.pid)).toContain(child.pid);
+      expect(fs.readFileSync(`/proc/${child.pid}/mountinfo`, 'utf8')).toMatch(/ \/data\/nested /);
+      worker.kill('SIGKILL');
+      await new Promise((resolve) => worker.once('exit', resolve));
+      await until('the handler processes to die', () => processesIn(ns!).length === 0).catch(() => undefined);
+      expect(processesIn(ns)).toEqual([]);
+      const report = await w.runtime.recover();
+      expect(report.removedHandlers).toHaveLength(1);
+      expect(report.failed).toEqual([]);
+      await w.runtime.remove(db.id, { volumes: true });
+      await expectNothingLeft(w, []);
+    } finally {
+      worker.kill('SIGKILL');
+      for (const p of ns ? processesIn(ns) : []) process.kill(p.pid, 'SIGKILL');
+    }
+  });
+
+  test('recover() stops a handler whose runner is gone but whose processes still live, before it removes its container', async () => {
+    const w = await toolsWorld();
+    const { db } = w;
+    const logs = w.hostPath(db, '/logs');
+    const running = w.runtime.runHandler(db.id, { command: ['/bin/sh', '-c', 'sleep 1001 & touch /logs/started; wait'], rootfs: db.rootfs });
+    const settled = running.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await until('the command to start', () => fs.existsSync(path.join(logs, 'started')));
+    const child = ourProcesses([db.rootfs]).find((p) => p.args === 'sleep 1001')!;
+    const ns = namespacesOf(child.pid);
+    // As if the process running it had died: its configuration names a process that is gone.
+    const handler = (await w.runtime.list()).find((c) => c.id !== db.id)!;
+    const file = path.join(w.root, 'containers', `${handler.id}.json`);
+    const config = JSON.parse(await fsp.readFile(file, 'utf8')) as { handler: { pid: number } };
+    const gone = spawn('true');
+    await new Promise((resolve) => gone.once('exit', resolve));
+    config.handler.pid = gone.pid!;
+    await fsp.writeFile(file, JSON.stringify(config));
+    await w.runtime.remove(db.id);
+
+    const report = await w.runtime.recover();
+    // By the time the container is gone, so is every process that had the volumes mounted.
+    expect(processesIn(ns)).toEqual([]);
+    expect(report.removedHandlers).toEqual([handler.id]);
+    const failed = (await settled) as HandlerError;
+    expect(failed).toBeInstanceOf(HandlerError);
+    expect(failed.code).toBe('ERR_HANDLER_FAILED');
+    expect((await w.runtime.volumes.prune()).removed).toHaveLength(3);
+    await expectNothingLeft(w, []);
+  });
+});
+
+describe('removing a running handler container', () => {
+  test('is refused (ERR_HANDLER_RUNNING) for a function handler, even with force; list() marks it as a handler container', async () => {
+    const w = await dbWorld();
+    const { db } = w;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let handlerId: string | undefined;
+    const running = w.runtime.runHandler(db.id, async ({ container }) => {
+      handlerId = container.id;
+      await gate;
+      return fsp.readFile(path.join(w.hostPath(db, '/data'), 'a'), 'utf8');
+    });
+    const hid = await until('the handler to start', () => handlerId);
+    const listed = await w.runtime.list();
+    expect(listed.find((c) => c.id === hid)?.handler).toEqual({ pid: process.pid });
+    expect(listed.find((c) => c.id === db.id)).not.toHaveProperty('handler');
+    expect((await w.runtime.get(hid)).handler).toEqual({ pid: process.pid });
+    await w.runtime.remove(db.id);
+    for (const options of [{ volumes: true }, {}, { force: true, volumes: true }]) {
+      const error = await expectCode(w.runtime.remove(hid, options), 'ERR_HANDLER_RUNNING');
+      expect(error.message).toContain(hid);
+    }
+    expect((await w.runtime.list()).map((c) => c.id)).toEqual([hid]);
+    for (const v of db.volumes) expect(fs.existsSync(w.volumeDir(v.volumeId))).toBe(true);
+    release();
+    expect(await running).toBe('a\n');
+    await expectNothingLeft(w, []);
+    expect((await w.runtime.volumes.prune()).removed).toHaveLength(3);
+  });
+
+  test('is refused (ERR_HANDLER_RUNNING) for a command handler; with force its processes are killed first, then the volumes deleted', async () => {
+    const w = await dbWorld();
+    const { db } = w;
+    const rootfs = await jobsRootfs(w);
+    const logs = w.hostPath(db, '/logs');
+    const running = w.runtime.runHandler(db.id, { command: ['/bin/sh', '-c', 'sleep 1002 & touch /logs/started; wait'], rootfs });
+    const settled = running.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await until('the command to start', () => fs.existsSync(path.join(logs, 'started')));
+    const child = ourProcesses([rootfs]).find((p) => p.args === 'sleep 1002')!;
+    const ns = namespacesOf(child.pid);
+    const hid = (await w.runtime.list()).find((c) => c.id !== db.id)!.id;
+    await w.runtime.remove(db.id);
+    const error = await expectCode(w.runtime.remove(hid, { volumes: true }), 'ERR_HANDLER_RUNNING');
+    expect(error.message).toContain(hid);
+    for (const v of db.volumes) expect(fs.existsSync(w.volumeDir(v.volumeId))).toBe(true);
+    expect(processesIn(ns).map((p) => p.pid)).toContain(child.pid);
+
+    await w.runtime.remove(hid, { force: true, volumes: true });
+    expect(processesIn(ns)).toEqual([]);
+    for (const v of db.volumes) expect(fs.existsSync(w.volumeDir(v.volumeId))).toBe(false);
+    const failed = (await settled) as HandlerError;
+    expect(failed).toBeInstanceOf(HandlerError);
+    expect(failed.code).toBe('ERR_HANDLER_FAILED');
+    await expectNothingLeft(w, []);
+  });
+});
+
 describe('nothing survives a handler that throws, times out or is aborted', () => {
   test('a function handler that throws: the same error, no container left', async () => {
     const w = await dbWorld();

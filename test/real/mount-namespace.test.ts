@@ -1,7 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { afterEach, beforeAll, describe, expect, test } from '@jest/globals';
-import { currentMountNamespace, type MountNamespace, processesIn, processInNamespace, startTimeOf } from '../../src/mount-namespace.js';
+import { currentMountNamespace, type MountNamespace, processesIn, processInNamespace } from '../../src/mount-namespace.js';
+import { processStat } from '../../src/process-alive.js';
 import { currentBootId } from '../../src/store/boot-id.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
@@ -35,7 +36,7 @@ async function inNewNamespace(command = ['sleep', '1000']): Promise<{ child: Chi
     }
     if (id !== undefined && id !== here && fs.readFileSync(`/proc/${child.pid}/comm`, 'utf8').trim() !== 'unshare') {
       const pid = child.pid as number;
-      return { child, ns: { namespace: id, pid, startTime: startTimeOf(pid) as number } };
+      return { child, ns: { namespace: id, pid, startTime: (processStat(pid) as { startTime: number }).startTime } };
     }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }

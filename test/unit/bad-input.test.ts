@@ -1204,6 +1204,14 @@ const TAMPERS: Tamper[] = [
   { name: 'mountedIn with a pid that is not a number', apply: edit((cfg) => (cfg.mountedIn = { namespace: 'mnt:[4026531832]', pid: '1', startTime: 1 })) },
   { name: 'mountedIn an array', apply: edit((cfg) => (cfg.mountedIn = [])) },
   {
+    name: "handler namespace with pid 0 (a kill would reach this process's group)",
+    apply: edit((cfg) => (cfg.handler = { pid: 1, bootId: '00000000-0000-4000-8000-000000000000', namespace: { pid: 0, startTime: 1 } })),
+  },
+  {
+    name: 'handler namespace without a start time',
+    apply: edit((cfg) => (cfg.handler = { pid: 1, bootId: '00000000-0000-4000-8000-000000000000', namespace: { pid: 42 } })),
+  },
+  {
     name: "a symlink to app's configuration",
     apply: async (w, file) => {
       await fs.rm(file);
