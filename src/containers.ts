@@ -1,14 +1,17 @@
+import path from 'node:path';
 import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
 import { applyPlan, mountedOf, planMounts, removePlan } from './mount-plan.js';
+import { checkMountPointsFree, holderOf } from './mount-owners.js';
+import { checkReadOnlyParents } from './read-only-parents.js';
 import { checkRootfs } from './rootfs/check-rootfs.js';
 import { sharedMounts, type ShareSource } from './sharing.js';
 import { newId } from './spec/ids.js';
 import { compareParentsFirst } from './spec/volume-path.js';
 import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
-import { checkNothingMountedIn, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
+import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
 import type { VolumeMount } from './types.js';
 
@@ -48,6 +51,7 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
     ...request.handler,
   };
   try {
+    checkReadOnlyParents(id, config.volumes, (volumeId) => ctx.store.volumeDir(volumeId), rootfs);
     await ctx.store.writeContainer(config);
   } catch (error) {
     await discardVolumes(ctx, id, created);
@@ -74,23 +78,29 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   await checkVolumesExist(ctx, config);
   const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
   const guard = () => ctx.store.assertLocked();
-  if (config.mounted) {
-    await applyPlan(ctx.mounter, plan, guard);
+  // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
+  const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];
+  await checkMountPointsFree(ctx, config, plan, present);
+  const boot = currentBootId();
+  if (config.mounted && config.mountedInBoot === boot) {
+    await applyPlan(ctx.mounter, plan, guard, present);
     return config;
   }
   // Intent is recorded before the first mount (as containerd does): a process killed
   // half-way leaves a container that says it is mounted, so `remove` still refuses it
   // without force and `mount`/`unmount` finish the job, instead of mounts nobody knows of.
-  const mounted = { ...config, mounted: true, mountedInBoot: currentBootId() };
+  // It names this boot, also when the container was already marked mounted in an
+  // earlier one: that record would make recover() take the live mounts for leftovers.
+  const mounted = { ...config, mounted: true, mountedInBoot: boot };
   await ctx.store.writeContainer(mounted, config);
   try {
-    await applyPlan(ctx.mounter, plan, guard);
+    await applyPlan(ctx.mounter, plan, guard, present);
   } catch (error) {
-    // Back to unmounted only if the rollback really left nothing mounted: otherwise the
+    // Back to what it was only if the rollback really left nothing mounted: otherwise the
     // intent stays, so `remove` keeps refusing and `unmount` can finish the job.
     const left = await mountedOf(ctx.mounter, plan).catch(() => plan);
     if (left.length === 0) {
-      await ctx.store.writeContainer(config, mounted).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
+      await ctx.store.writeContainer(config, mounted).catch((e: Error) => debugRuntime('restoring %s as it was failed: %s', config.id, e.message));
     }
     throw error;
   }
@@ -98,7 +108,12 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
-  await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
+  await removePlan(
+    ctx.mounter,
+    planMounts(config, (id) => ctx.store.volumeDir(id)),
+    () => ctx.store.assertLocked(),
+    async (mount) => (await holderOf(ctx, config.rootfs, mount, config.id)) !== undefined,
+  );
   if (!config.mounted) return config;
   const { mountedInBoot: _, ...unmounted } = { ...config, mounted: false };
   await ctx.store.writeContainer(unmounted, config);
@@ -117,7 +132,12 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
       const users = await volumeUsers(ctx, volumeId, true);
       if (users.every((use) => use.containerId === containerId)) orphans.push(volumeId);
     }
-    for (const id of orphans) await checkNothingMountedIn(ctx, id);
+    if (orphans.length > 0) {
+      // Its own mounts go with `force`; a mount of one of them anywhere else keeps it.
+      const own = new Set(config.mounted ? planMounts(config, (id) => ctx.store.volumeDir(id)).map((r) => path.join(r.rootfs, r.path)) : []);
+      const mounts = await allMounts(ctx);
+      for (const id of orphans) checkNotMounted(ctx, mounts, id, own);
+    }
   }
   if (force) await unmountContainer(ctx, config);
   await ctx.store.deleteContainer(config);

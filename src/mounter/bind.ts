@@ -10,7 +10,7 @@ import { O_PATH_DIRECTORY, hostPathOf, openBelow, openChild, openInRootfs, procP
 import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
-import { bindSource, type MountinfoEntry, readMountinfo } from './mountinfo.js';
+import { bindSources, type MountinfoEntry, readMountinfo } from './mountinfo.js';
 import { isAlive } from '../process-alive.js';
 
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
@@ -128,16 +128,18 @@ export class BindMounter implements Mounter {
       real = await fs.realpath(dir);
     } catch (error) {
       if (isErrnoException(error, 'ENOENT')) return [];
-      throw error;
+      // A directory above it turned into a file, a symlink loop: nothing can be reached there by its path.
+      throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `cannot list the mounts under ${dir}: ${(error as Error).message}`, { cause: error });
     }
     const prefix = real === '/' ? '/' : `${real}/`;
     const all = await readMountinfo(namespaceOf(this).mountinfo);
+    const sourceOf = bindSources(all, real === '/' ? undefined : real);
     const found: MountedVolume[] = [];
     // mountinfo lists a mount after the one it is stacked on; the stable sort keeps that order.
     for (const entry of all) {
-      if (!entry.mountPoint.startsWith(prefix)) continue;
+      if (!entry.mountPoint.startsWith(prefix) || entry.mountPoint === real) continue;
       const mountPath = entry.mountPoint.slice(prefix.length - 1);
-      const source = bindSource(entry, all, real);
+      const source = sourceOf(entry);
       found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', options: entry.options, ...(source ? { source } : {}) });
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
@@ -304,36 +306,49 @@ function naming(error: unknown, request: MountRequest): unknown {
 
 /** Opens what one bind needs. A mount point inside a volume still waiting in staging is opened inside that staged mount. */
 function openBind(ns: Namespace, request: MountRequest, made: readonly MadeMount[], mounts: Map<number, MountinfoEntry>): PendingBind {
-  let parent: PinnedDirectory;
+  // Inside a volume made read-only by this call (not yet remounted so) nothing is created: the mount point must be there.
+  const enclosing = made
+    .filter((m) => m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
+    .sort((a, b) => b.request.path.length - a.request.path.length)[0]?.request;
+  const readOnly = enclosing?.mode === 'ro';
+  let parent: PinnedDirectory | null;
   try {
-    parent = openParent(ns, request, made);
+    parent = openParent(ns, request, made, !readOnly);
   } catch (error) {
     throw naming(error, request);
   }
   const name = path.posix.basename(request.path);
-  let target: number | undefined;
+  let target: number | null | undefined;
   try {
-    target = openChild(parent.fd, name, true, request.rootfs, request.path) as number;
+    const missing = () =>
+      new ContainerVolumesError(
+        'ERR_MOUNT_POINT_READ_ONLY',
+        `${describeMount(request)} refused: its mount point does not exist in the volume mounted read-only at ${enclosing?.path}, and nothing is created in a read-only volume`,
+      );
+    if (parent === null) throw missing();
+    target = openChild(parent.fd, name, !readOnly, request.rootfs, request.path);
+    if (target === null) throw missing();
     const mountId = mountIdOf(target);
     const source = openSource(ns, request);
     // A namespace of a handler is private throughout: nothing there can propagate.
     const onShared = ns === OWN_NAMESPACE && (mounts.get(mountIdOf(parent.fd))?.propagation.some((tag) => tag.startsWith('shared:')) ?? false);
     return { request, parent, name, target, mountId, source, onShared, bindTarget: target };
   } catch (error) {
-    if (target !== undefined) closeSync(target);
-    parent.close();
+    if (typeof target === 'number') closeSync(target);
+    parent?.close();
     throw naming(error, request);
   }
 }
 
 /** The directory holding the request's mount point: inside a staged ancestor of the same call if there is one. */
-function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMount[]): PinnedDirectory {
+function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMount[], create: boolean): PinnedDirectory | null {
   const dir = path.posix.dirname(request.path);
   const staged = made
     .filter((m) => m.staged && m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
     .sort((a, b) => b.request.path.length - a.request.path.length)[0];
-  if (!staged) return openInRootfs(request.rootfs, dir, true, ns.fsRoot);
-  const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path);
+  if (!staged) return openInRootfs(request.rootfs, dir, create, ns.fsRoot);
+  const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path, create);
+  if (fd === null) return null;
   return { fd, hostPath: hostPathOf(fd), procPath: procPathOf(fd), close: () => closeSync(fd) };
 }
 

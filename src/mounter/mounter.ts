@@ -48,7 +48,9 @@ export interface Mounter {
    * Attaches `source` at exactly `<rootfs><path>`. No symlink may make the mount land
    * anywhere else: BindMounter refuses any symlink on the path (ERR_PATH_ESCAPES_ROOTFS)
    * or in the rootfs's own path (ERR_INVALID_ROOTFS). Missing directories on the way are created inside the
-   * rootfs; a non-directory on the way is ERR_MOUNT_POINT_NOT_DIRECTORY. When the
+   * rootfs, but never inside a read-only mount (ERR_MOUNT_POINT_READ_ONLY: a container
+   * may not write into a volume it holds read-only); a non-directory on the way is
+   * ERR_MOUNT_POINT_NOT_DIRECTORY. When the
    * promise resolves the mount is in place with the requested mode in effect; when it
    * rejects, nothing is left mounted by the call.
    */

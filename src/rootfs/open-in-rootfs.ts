@@ -58,16 +58,18 @@ export function openInRootfs(rootfs: string, containerPath: string, create: bool
 }
 
 /**
- * Opens (creating) the directory `relative` below the directory `dirFd`, one component
- * at a time and following no symlink, as `openInRootfs` does below a rootfs; for a
- * mount point inside a volume that is not yet in its place.
+ * Opens the directory `relative` below the directory `dirFd` (`create` making missing
+ * ones), one component at a time and following no symlink, as `openInRootfs` does below
+ * a rootfs; for a mount point inside a volume that is not yet in its place. Null when a
+ * component is missing and `create` is false.
  */
-export function openBelow(dirFd: number, relative: string, rootfs: string, containerPath: string): number {
+export function openBelow(dirFd: number, relative: string, rootfs: string, containerPath: string, create = true): number | null {
   let fd = fs.openSync(`/proc/self/fd/${dirFd}`, O_PATH_DIRECTORY);
   try {
     for (const name of components(relative)) {
-      const next = openChild(fd, name, true, rootfs, containerPath) as number;
+      const next = openChild(fd, name, create, rootfs, containerPath);
       fs.closeSync(fd);
+      if (next === null) return null;
       fd = next;
     }
     return fd;
@@ -101,6 +103,13 @@ export function openChild(dirFd: number, name: string, create: boolean, rootfs: 
       throw new ContainerVolumesError(
         'ERR_PATH_ESCAPES_ROOTFS',
         `refusing ${containerPath} in rootfs ${rootfs}: ${name} changed while it was being resolved`,
+        { cause: error },
+      );
+    }
+    if (isErrnoException(error, 'EROFS')) {
+      throw new ContainerVolumesError(
+        'ERR_MOUNT_POINT_READ_ONLY',
+        `cannot create ${containerPath} in rootfs ${rootfs}: ${name} would be made on a read-only mount`,
         { cause: error },
       );
     }
