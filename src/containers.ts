@@ -14,6 +14,7 @@ import type { ContainerConfig } from './store/container-config.js';
 import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
 import type { VolumeMount } from './types.js';
+import type { MountedVolume } from './mounter/mounter.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
 
@@ -80,6 +81,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   const guard = () => ctx.store.assertLocked();
   // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
   const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];
+  checkReadOnlyParents(config.id, config.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
   await checkMountPointsFree(ctx, config, plan, present);
   const boot = currentBootId();
   if (config.mounted && config.mountedInBoot === boot) {
@@ -120,6 +122,19 @@ export async function unmountContainer(ctx: Context, config: ContainerConfig): P
   return unmounted;
 }
 
+/**
+ * The container's own mounts among every mount of the namespace, which a forced remove
+ * detaches: those at its planned host paths, and their copies in the peers and slaves
+ * of a shared rootfs (same propagation group), which go with them.
+ */
+function ownMounts(config: ContainerConfig, mounts: readonly MountedVolume[], volumeDir: (id: string) => string): Set<MountedVolume> {
+  const at = new Set(planMounts(config, volumeDir).map((r) => path.join(r.rootfs, r.path)));
+  const own = mounts.filter((m) => at.has(m.path));
+  const groups = new Set(own.flatMap((m) => (m.propagation ?? []).filter((t) => t.startsWith('shared:')).map((t) => t.slice('shared:'.length))));
+  const copies = mounts.filter((m) => (m.propagation ?? []).some((t) => groups.has(t.slice(t.indexOf(':') + 1))));
+  return new Set([...own, ...copies]);
+}
+
 export async function removeContainer(ctx: Context, containerId: string, force: boolean, withVolumes: boolean): Promise<void> {
   const config = await ctx.store.readContainer(containerId);
   if (config.mounted && !force) {
@@ -133,10 +148,9 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
       if (users.every((use) => use.containerId === containerId)) orphans.push(volumeId);
     }
     if (orphans.length > 0) {
-      // Its own mounts go with `force`; a mount of one of them anywhere else keeps it.
-      const own = new Set(config.mounted ? planMounts(config, (id) => ctx.store.volumeDir(id)).map((r) => path.join(r.rootfs, r.path)) : []);
       const mounts = await allMounts(ctx);
-      for (const id of orphans) checkNotMounted(ctx, mounts, id, own);
+      const leaving = config.mounted ? ownMounts(config, mounts, (id) => ctx.store.volumeDir(id)) : new Set<MountedVolume>();
+      for (const id of orphans) checkNotMounted(ctx, mounts, id, leaving);
     }
   }
   if (force) await unmountContainer(ctx, config);

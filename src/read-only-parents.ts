@@ -7,13 +7,13 @@ import type { Origin, VolumeMount } from './types.js';
 
 /**
  * The mount point of a volume nested in another is a directory of that other volume.
- * Where the container holds that volume read-only, the mount point must already be
- * there: creating it would write into a volume the container may only read (runc fails
- * with EROFS in this case). Checked when a container gets its volumes, for a nested
- * volume that does not come from the same container as the read-only one above it: no
- * mount can ever make that mount point for it. When both come from one source, that
- * source's own mount makes it, so the question waits for `mount`, where `BindMounter`
- * creates nothing inside a read-only mount and refuses instead.
+ * Where the container holds that volume read-only and the nested volume comes from
+ * elsewhere (its own, or another source's), the mount point must already be there:
+ * making it would write into a volume the container may only read, for a layout that
+ * is not the volume owner's (runc fails with EROFS in this case). Checked when a
+ * container gets its volumes and again at every mount, before anything is made. When
+ * both come from one source, the mount point is part of that source's own layout (its
+ * own mount makes it), and a `:ro` consumer, such as a backup handler, makes it too.
  */
 export function checkReadOnlyParents(containerId: string, volumes: readonly VolumeMount[], volumeDir: (volumeId: string) => string, rootfs: string): void {
   for (const volume of volumes) {

@@ -3,7 +3,6 @@ import type { Context } from './context.js';
 import { ContainerVolumesError } from './errors.js';
 import { applyPlan, isComplete, mountedOf, mountedThere, planMounts } from './mount-plan.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
-import { isBelow } from './spec/volume-path.js';
 import type { ContainerConfig } from './store/container-config.js';
 import type { RecoveryReport } from './recover.js';
 
@@ -27,10 +26,25 @@ interface Wanted {
 export async function recoverMounts(ctx: Context, configs: readonly ContainerConfig[], report: RecoveryReport): Promise<void> {
   const wanted = await withoutConflicts(ctx, configs, report);
   const groups = byRootfs(configs);
-  const rootfsList = groups.map((g) => (g[0] as ContainerConfig).rootfs);
+  const rootfsSet = new Set(configs.map((c) => c.rootfs));
+  // The innermost rootfs strictly above a host path: the region that path belongs to.
+  const regionOf = (host: string): string | undefined => {
+    for (let at = path.dirname(host); ; at = path.dirname(at)) {
+      if (rootfsSet.has(at)) return at;
+      if (at === '/') return undefined;
+    }
+  };
+  // Who wants a mount in each region: the containers of that rootfs, and any whose mount lands there.
+  const wantedIn = new Map<string, Set<Wanted>>();
+  for (const w of wanted) {
+    for (const region of [w.config.rootfs, ...w.plan.map((r) => regionOf(hostPathOf(r)))]) {
+      if (region !== undefined) wantedIn.set(region, (wantedIn.get(region) ?? new Set()).add(w));
+    }
+  }
   for (const group of groups) {
+    const rootfs = (group[0] as ContainerConfig).rootfs;
     try {
-      await recoverRegion(ctx, group, configs, wanted, rootfsList, report);
+      await recoverRegion(ctx, rootfs, [...(wantedIn.get(rootfs) ?? [])], (host) => regionOf(host) === rootfs, configs, report);
     } catch (error) {
       // A lost lock, or an error without a code, stops it. A refusal concerns this rootfs
       // alone (a rootfs turned into a symlink, a mount the kernel refuses): say so, go on.
@@ -110,18 +124,14 @@ async function withoutConflicts(ctx: Context, configs: readonly ContainerConfig[
  */
 async function recoverRegion(
   ctx: Context,
-  group: readonly ContainerConfig[],
+  rootfs: string,
+  here: readonly Wanted[],
+  inRegion: (host: string) => boolean,
   configs: readonly ContainerConfig[],
-  wanted: readonly Wanted[],
-  rootfsList: readonly string[],
   report: RecoveryReport,
 ): Promise<void> {
-  const rootfs = (group[0] as ContainerConfig).rootfs;
-  const inner = rootfsList.filter((r) => isBelow(r, rootfs));
-  const inRegion = (host: string) => (host === rootfs || isBelow(host, rootfs)) && !inner.some((r) => isBelow(host, r));
   const ours = async () =>
     (await ctx.mounter.list(rootfs)).filter((m) => isStoreVolume(m, ctx.store.root) && inRegion(path.join(rootfs, m.path)));
-  const here = wanted.filter((w) => group.includes(w.config) || w.plan.some((r) => inRegion(hostPathOf(r))));
   const expected = here.flatMap((w) => w.plan.filter((r) => inRegion(hostPathOf(r))).map((r) => ({ ...r, rootfs, path: hostPathOf(r).slice(rootfs.length) })));
   if (!(await allWanted(await ours(), expected))) await detachAll(ctx, rootfs, ours, configs, report);
   for (const { config, plan } of here) {

@@ -94,16 +94,16 @@ export function allMounts(ctx: Context): Promise<MountedVolume[]> {
  * Refuses to delete a volume that is mounted anywhere (its data would vanish under a
  * container that still sees it, and the mount would outlive it), or that has something
  * mounted inside its directory (the recursive delete would walk into that mount and
- * destroy data outside the store). `leaving` are host paths of mounts the caller is
- * about to remove itself (a forced remove's own).
+ * destroy data outside the store). `leaving` are mounts the caller is about to remove
+ * itself (a forced remove's own, with their propagated copies).
  */
-export function checkNotMounted(ctx: Context, mounts: readonly MountedVolume[], volumeId: string, leaving: ReadonlySet<string> = new Set()): void {
+export function checkNotMounted(ctx: Context, mounts: readonly MountedVolume[], volumeId: string, leaving: ReadonlySet<MountedVolume> = new Set()): void {
   const dir = ctx.store.volumeDir(volumeId);
   const inside = mounts.filter((m) => m.path === dir || isBelow(m.path, dir)).map((m) => m.path);
   if (inside.length > 0) {
     throw new ContainerVolumesError('ERR_VOLUME_BUSY', `volume ${volumeId} cannot be deleted: something is mounted inside it at ${inside.join(', ')}`);
   }
-  const at = mounts.filter((m) => volumeIdOf(ctx, m.source) === volumeId && !leaving.has(m.path)).map((m) => m.path);
+  const at = mounts.filter((m) => volumeIdOf(ctx, m.source) === volumeId && !leaving.has(m)).map((m) => m.path);
   if (at.length > 0) {
     throw new ContainerVolumesError('ERR_VOLUME_BUSY', `volume ${volumeId} cannot be deleted: it is mounted at ${at.join(', ')}`);
   }

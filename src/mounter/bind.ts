@@ -140,7 +140,13 @@ export class BindMounter implements Mounter {
       if (!entry.mountPoint.startsWith(prefix) || entry.mountPoint === real) continue;
       const mountPath = entry.mountPoint.slice(prefix.length - 1);
       const source = sourceOf(entry);
-      found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', options: entry.options, ...(source ? { source } : {}) });
+      found.push({
+        path: mountPath,
+        mode: entry.options.includes('ro') ? 'ro' : 'rw',
+        options: entry.options,
+        propagation: entry.propagation,
+        ...(source ? { source } : {}),
+      });
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
   }
@@ -306,49 +312,36 @@ function naming(error: unknown, request: MountRequest): unknown {
 
 /** Opens what one bind needs. A mount point inside a volume still waiting in staging is opened inside that staged mount. */
 function openBind(ns: Namespace, request: MountRequest, made: readonly MadeMount[], mounts: Map<number, MountinfoEntry>): PendingBind {
-  // Inside a volume made read-only by this call (not yet remounted so) nothing is created: the mount point must be there.
-  const enclosing = made
-    .filter((m) => m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
-    .sort((a, b) => b.request.path.length - a.request.path.length)[0]?.request;
-  const readOnly = enclosing?.mode === 'ro';
-  let parent: PinnedDirectory | null;
+  let parent: PinnedDirectory;
   try {
-    parent = openParent(ns, request, made, !readOnly);
+    parent = openParent(ns, request, made);
   } catch (error) {
     throw naming(error, request);
   }
   const name = path.posix.basename(request.path);
-  let target: number | null | undefined;
+  let target: number | undefined;
   try {
-    const missing = () =>
-      new ContainerVolumesError(
-        'ERR_MOUNT_POINT_READ_ONLY',
-        `${describeMount(request)} refused: its mount point does not exist in the volume mounted read-only at ${enclosing?.path}, and nothing is created in a read-only volume`,
-      );
-    if (parent === null) throw missing();
-    target = openChild(parent.fd, name, !readOnly, request.rootfs, request.path);
-    if (target === null) throw missing();
+    target = openChild(parent.fd, name, true, request.rootfs, request.path) as number;
     const mountId = mountIdOf(target);
     const source = openSource(ns, request);
     // A namespace of a handler is private throughout: nothing there can propagate.
     const onShared = ns === OWN_NAMESPACE && (mounts.get(mountIdOf(parent.fd))?.propagation.some((tag) => tag.startsWith('shared:')) ?? false);
     return { request, parent, name, target, mountId, source, onShared, bindTarget: target };
   } catch (error) {
-    if (typeof target === 'number') closeSync(target);
-    parent?.close();
+    if (target !== undefined) closeSync(target);
+    parent.close();
     throw naming(error, request);
   }
 }
 
 /** The directory holding the request's mount point: inside a staged ancestor of the same call if there is one. */
-function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMount[], create: boolean): PinnedDirectory | null {
+function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMount[]): PinnedDirectory {
   const dir = path.posix.dirname(request.path);
   const staged = made
     .filter((m) => m.staged && m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
     .sort((a, b) => b.request.path.length - a.request.path.length)[0];
-  if (!staged) return openInRootfs(request.rootfs, dir, create, ns.fsRoot);
-  const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path, create);
-  if (fd === null) return null;
+  if (!staged) return openInRootfs(request.rootfs, dir, true, ns.fsRoot);
+  const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path);
   return { fd, hostPath: hostPathOf(fd), procPath: procPathOf(fd), close: () => closeSync(fd) };
 }
 

@@ -58,18 +58,16 @@ export function openInRootfs(rootfs: string, containerPath: string, create: bool
 }
 
 /**
- * Opens the directory `relative` below the directory `dirFd` (`create` making missing
- * ones), one component at a time and following no symlink, as `openInRootfs` does below
- * a rootfs; for a mount point inside a volume that is not yet in its place. Null when a
- * component is missing and `create` is false.
+ * Opens (creating) the directory `relative` below the directory `dirFd`, one component
+ * at a time and following no symlink, as `openInRootfs` does below a rootfs; for a
+ * mount point inside a volume that is not yet in its place.
  */
-export function openBelow(dirFd: number, relative: string, rootfs: string, containerPath: string, create = true): number | null {
+export function openBelow(dirFd: number, relative: string, rootfs: string, containerPath: string): number {
   let fd = fs.openSync(`/proc/self/fd/${dirFd}`, O_PATH_DIRECTORY);
   try {
     for (const name of components(relative)) {
-      const next = openChild(fd, name, create, rootfs, containerPath);
+      const next = openChild(fd, name, true, rootfs, containerPath) as number;
       fs.closeSync(fd);
-      if (next === null) return null;
       fd = next;
     }
     return fd;

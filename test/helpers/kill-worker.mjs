@@ -26,7 +26,11 @@ const PATHS = ['/data', '/srv', '/srv/cache', '/srv/cache/tmp', '/var/log', '/va
 
 /** Refusals that random work on a correct store can meet, by operation. */
 const EXPECTED = {
-  share: ['ERR_DUPLICATE_MOUNT_POINT'],
+  // A volume below one shared read-only whose mount point is missing from it.
+  create: ['ERR_MOUNT_POINT_READ_ONLY'],
+  createVolumes: ['ERR_MOUNT_POINT_READ_ONLY'],
+  mount: ['ERR_MOUNT_POINT_READ_ONLY'],
+  share: ['ERR_DUPLICATE_MOUNT_POINT', 'ERR_MOUNT_POINT_READ_ONLY'],
   remove: ['ERR_CONTAINER_MOUNTED'],
   removeVolume: ['ERR_VOLUME_IN_USE'],
 };

@@ -71,8 +71,6 @@ describe('BindMounter: what a process sees', () => {
     execFileSync('mount', ['--bind', rootfs, peer]);
     execFileSync('mount', ['--bind', rootfs, slave]);
     execFileSync('mount', ['--make-slave', slave]);
-    // The child's mount point must be in the read-only volume already: nothing is created there.
-    fs.mkdirSync(path.join(source, 'inner'));
     try {
       await mounter.mountAll([
         { source, rootfs, path: '/data', mode: 'ro' },
