@@ -1,20 +1,24 @@
+import path from 'node:path';
 import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
 import { applyPlan, mountedOf, planMounts, removePlan } from './mount-plan.js';
+import { checkMountPointsFree, holderOf } from './mount-owners.js';
+import { checkReadOnlyParents } from './read-only-parents.js';
 import { checkRootfs } from './rootfs/check-rootfs.js';
 import { sharedMounts, type ShareSource } from './sharing.js';
 import { newId } from './spec/ids.js';
 import { compareParentsFirst } from './spec/volume-path.js';
 import type { VolumesFromSpec } from './spec/volumes-from.js';
 import type { ContainerConfig } from './store/container-config.js';
-import { checkDeletable, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
+import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
 import { currentBootId } from './store/boot-id.js';
 import { currentMountNamespace } from './mount-namespace.js';
-import { mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
+import { checkNotMountedElsewhere, mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
 import { recordNamespace } from './store/namespace-registry.js';
 import { checkHandlerEnded, handlerRunning } from './handlers/handler-state.js';
 import type { VolumeMount } from './types.js';
+import type { MountedVolume } from './mounter/mounter.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
 
@@ -52,6 +56,7 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
     ...request.handler,
   };
   try {
+    checkReadOnlyParents(id, config.volumes, (volumeId) => ctx.store.volumeDir(volumeId), rootfs);
     await ctx.store.writeContainer(config);
   } catch (error) {
     await discardVolumes(ctx, id, created);
@@ -88,27 +93,33 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   await checkVolumesExist(ctx, config);
   const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
   const guard = () => ctx.store.assertLocked();
-  if (where === 'here') {
-    await applyPlan(ctx.mounter, plan, guard);
+  // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
+  const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];
+  checkReadOnlyParents(config.id, config.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
+  await checkMountPointsFree(ctx, config, plan, present);
+  const boot = currentBootId();
+  const here = currentMountNamespace();
+  if (where === 'here' && config.mountedInBoot === boot && config.mountedIn?.namespace === here.namespace) {
+    await applyPlan(ctx.mounter, plan, guard, present);
     return config;
   }
   // Intent is recorded before the first mount (as containerd does): a process killed
   // half-way leaves a container that says it is mounted, so `remove` still refuses it
   // without force and `mount`/`unmount` finish the job, instead of mounts nobody knows of.
-  // A record of a namespace that is gone, or of an earlier boot, is replaced: nothing
-  // of it is mounted any more.
-  const mountedIn = currentMountNamespace();
-  recordNamespace(ctx.store.root, mountedIn, currentBootId());
-  const mounted: ContainerConfig = { ...config, mounted: true, mountedInBoot: currentBootId(), mountedIn };
+  // It names this boot and this namespace, also when the container was already marked
+  // mounted in an earlier boot or in a namespace that is gone: such a record would make
+  // recover() take the live mounts for leftovers.
+  recordNamespace(ctx.store.root, here, boot);
+  const mounted: ContainerConfig = { ...config, mounted: true, mountedInBoot: boot, mountedIn: here };
   await ctx.store.writeContainer(mounted, config);
   try {
-    await applyPlan(ctx.mounter, plan, guard);
+    await applyPlan(ctx.mounter, plan, guard, present);
   } catch (error) {
-    // Back to unmounted only if the rollback really left nothing mounted: otherwise the
+    // Back to what it was only if the rollback really left nothing mounted: otherwise the
     // intent stays, so `remove` keeps refusing and `unmount` can finish the job.
     const left = await mountedOf(ctx.mounter, plan).catch(() => plan);
     if (left.length === 0) {
-      await ctx.store.writeContainer(config, mounted).catch((e: Error) => debugRuntime('restoring %s as unmounted failed: %s', config.id, e.message));
+      await ctx.store.writeContainer(config, mounted).catch((e: Error) => debugRuntime('restoring %s as it was failed: %s', config.id, e.message));
     }
     throw error;
   }
@@ -122,11 +133,29 @@ export async function unmountContainer(ctx: Context, config: ContainerConfig): P
   if (config.handler && !config.mounted) return config;
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'unmount');
-  await removePlan(ctx.mounter, planMounts(config, (id) => ctx.store.volumeDir(id)), () => ctx.store.assertLocked());
+  await removePlan(
+    ctx.mounter,
+    planMounts(config, (id) => ctx.store.volumeDir(id)),
+    () => ctx.store.assertLocked(),
+    async (mount) => (await holderOf(ctx, config.rootfs, mount, config.id)) !== undefined,
+  );
   if (!config.mounted) return config;
   const { mountedInBoot: _, mountedIn: __, ...unmounted } = { ...config, mounted: false };
   await ctx.store.writeContainer(unmounted, config);
   return unmounted;
+}
+
+/**
+ * The container's own mounts among every mount of the namespace, which a forced remove
+ * detaches: those at its planned host paths, and their copies in the peers and slaves
+ * of a shared rootfs (same propagation group), which go with them.
+ */
+function ownMounts(config: ContainerConfig, mounts: readonly MountedVolume[], volumeDir: (id: string) => string): Set<MountedVolume> {
+  const at = new Set(planMounts(config, volumeDir).map((r) => path.join(r.rootfs, r.path)));
+  const own = mounts.filter((m) => at.has(m.path));
+  const groups = new Set(own.flatMap((m) => (m.propagation ?? []).filter((t) => t.startsWith('shared:')).map((t) => t.slice('shared:'.length))));
+  const copies = mounts.filter((m) => (m.propagation ?? []).some((t) => groups.has(t.slice(t.indexOf(':') + 1))));
+  return new Set([...own, ...copies]);
 }
 
 export async function removeContainer(ctx: Context, containerId: string, force: boolean, withVolumes: boolean): Promise<void> {
@@ -143,7 +172,13 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
       const users = await volumeUsers(ctx, volumeId, true);
       if (users.every((use) => use.containerId === containerId)) orphans.push(volumeId);
     }
-    for (const id of orphans) await checkDeletable(ctx, id, force ? config.rootfs : undefined);
+    if (orphans.length > 0) {
+      const mounts = await allMounts(ctx);
+      const leaving = config.mounted ? ownMounts(config, mounts, (id) => ctx.store.volumeDir(id)) : new Set<MountedVolume>();
+      for (const id of orphans) checkNotMounted(ctx, mounts, id, leaving);
+    }
+    // Mounted in another mount namespace, which this one cannot see through the mounter.
+    for (const id of orphans) await checkNotMountedElsewhere(ctx, id);
   }
   await checkHandlerEnded(config, force);
   if (force) await unmountContainer(ctx, config);

@@ -53,14 +53,20 @@ export async function mountedOf(mounter: Mounter, plan: readonly MountRequest[])
  * batch when the mounter can, and resolves to them. A half-made mount of ours at a
  * path (see `MountedVolume.options`) is detached first, not stacked upon; a volume
  * below one that is mounted again is mounted again too, since the new parent mount
- * covers it. `guard` runs before mounting and once after (it throws when the store's
- * lock was lost). If anything fails, the mounts made by this call are undone
- * (children first) and the error names the path.
+ * covers it. `listed` is what the mounter listed under the rootfs, when the caller
+ * already asked (under the same lock). `guard` runs before mounting and once after (it
+ * throws when the store's lock was lost). If anything fails, the mounts made by this
+ * call are undone (children first) and the error names the path.
  */
-export async function applyPlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<MountRequest[]> {
+export async function applyPlan(
+  mounter: Mounter,
+  plan: readonly MountRequest[],
+  guard: () => void,
+  listed?: readonly MountedVolume[],
+): Promise<MountRequest[]> {
   const first = plan[0];
   if (first === undefined) return [];
-  const present = await mounter.list(first.rootfs);
+  const present = listed ?? (await mounter.list(first.rootfs));
   const missing: MountRequest[] = [];
   const halfMade: MountRequest[] = [];
   for (const request of plan) {
@@ -135,9 +141,15 @@ const UNMOUNT_ROUNDS = 64;
  * unmount: the mount then sits at a path the plan does not name, and a path we unmount
  * may lead nowhere. So success is judged by identity, not by path: the mounts of the
  * plan's volumes under the rootfs must drop by as many as we set out to remove (a
- * second container on the same rootfs may hold its own), wherever they are now.
+ * second container on the same rootfs, or on a rootfs inside it, may hold its own:
+ * `heldByOther` tells), wherever they are now.
  */
-export async function removePlan(mounter: Mounter, plan: readonly MountRequest[], guard: () => void): Promise<void> {
+export async function removePlan(
+  mounter: Mounter,
+  plan: readonly MountRequest[],
+  guard: () => void,
+  heldByOther: (mount: MountedVolume) => Promise<boolean> = async () => false,
+): Promise<void> {
   const first = plan[0];
   if (first === undefined) return;
   const planned = new Set(plan.map((r) => r.path));
@@ -146,8 +158,15 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
   const initial = await ofPlan(present, plan);
   const mounted: MountRequest[] = [];
   for (const request of plan) if (await mountedThere(present, request)) mounted.unshift(request);
-  const moved = initial.filter((m) => !planned.has(m.path));
-  // Stacked below ours at a planned path: another container's on the same rootfs, to keep.
+  // Elsewhere under the rootfs: ours moved by a rename, unless another container holds
+  // it there (one whose rootfs lies inside this one and shares the volume).
+  const moved: MountedVolume[] = [];
+  const others = new Set<string>();
+  for (const m of initial.filter((m) => !planned.has(m.path))) {
+    if (await heldByOther(m)) others.add(m.path);
+    else moved.push(m);
+  }
+  // Stacked below ours at a planned path, or held by another container: to keep.
   const kept = initial.length - mounted.length - moved.length;
   let targets: MountTarget[] = [...mounted, ...moved.reverse().map((m) => ({ rootfs: first.rootfs, path: m.path }))];
   for (let round = 0; targets.length > 0; round++) {
@@ -166,7 +185,10 @@ export async function removePlan(mounter: Mounter, plan: readonly MountRequest[]
         `unmounting the volumes of rootfs ${first.rootfs} failed: still mounted at ${left.map((m) => m.path).join(', ')} after ${UNMOUNT_ROUNDS} attempts (paths in the rootfs kept changing)`,
       );
     }
-    targets = [...new Set(left.map((m) => m.path))].reverse().map((p) => ({ rootfs: first.rootfs, path: p }));
+    targets = [...new Set(left.map((m) => m.path))]
+      .filter((p) => !others.has(p))
+      .reverse()
+      .map((p) => ({ rootfs: first.rootfs, path: p }));
   }
 }
 

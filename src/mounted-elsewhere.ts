@@ -46,20 +46,17 @@ export function mountedElsewhere(config: ContainerConfig, ns: MountNamespace, do
 }
 
 /**
- * Refuses (ERR_VOLUME_BUSY) to delete a volume that is mounted in this mount namespace
- * or in any other the store knows of: the data would vanish from under whatever runs
- * there. Mounts at or below `exceptUnder` in this namespace are not counted: they are
- * those of a container being removed with force, detached first.
+ * Refuses (ERR_VOLUME_BUSY) to delete a volume that is mounted in another mount
+ * namespace the store knows of, where the mounter cannot see: the data would vanish from
+ * under whatever runs there. (Mounts in this namespace are the mounter's to report.)
  */
-export async function checkNotMountedAnywhere(ctx: Context, volumeId: string, exceptUnder?: string): Promise<void> {
+export async function checkNotMountedElsewhere(ctx: Context, volumeId: string): Promise<void> {
+  const own = currentMountNamespace().namespace;
+  const others = knownNamespaces(ctx.store.root).filter((ns) => ns.namespace !== own);
+  if (others.length === 0) return;
   const [volume] = await locateVolumes(ctx, [volumeId]);
   if (volume === undefined) return;
-  const own = currentMountNamespace().namespace;
-  const outside = (m: MountinfoEntry) => exceptUnder === undefined || (m.mountPoint !== exceptUnder && !m.mountPoint.startsWith(`${exceptUnder}/`));
-  const local = volume.here.find((m) => outside(m) && holds(volume, m));
-  if (local) throw busy(volumeId, local, own);
-  for (const ns of knownNamespaces(ctx.store.root)) {
-    if (ns.namespace === own) continue;
+  for (const ns of others) {
     const mount = (await mountsOf(ns, ns.bootId))?.find((m) => holds(volume, m));
     if (mount) throw busy(volumeId, mount, ns.namespace);
   }
@@ -84,8 +81,6 @@ interface LocatedVolume {
   device: string;
   /** The volume directory's path inside its file system. */
   root: string;
-  /** This namespace's mounts, as read to locate it. */
-  here: MountinfoEntry[];
 }
 
 /** The volumes' directories as mountinfo shows their binds, through the mount that holds the store here. */
@@ -107,7 +102,7 @@ function locate(dir: string, here: MountinfoEntry[]): LocatedVolume | undefined 
   }
   if (!holder) return undefined;
   const rest = holder.mountPoint === '/' ? dir : dir.slice(holder.mountPoint.length);
-  return { device: holder.device, root: holder.root === '/' ? rest || '/' : `${holder.root}${rest}`, here };
+  return { device: holder.device, root: holder.root === '/' ? rest || '/' : `${holder.root}${rest}` };
 }
 
 function holds(volume: LocatedVolume, mount: MountinfoEntry): boolean {

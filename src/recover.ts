@@ -3,9 +3,8 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
-import { ContainerVolumesError, isErrnoException } from './errors.js';
-import { applyPlan, isComplete, mountedThere, planMounts } from './mount-plan.js';
-import type { MountedVolume, MountRequest } from './mounter/mounter.js';
+import { isErrnoException } from './errors.js';
+import { recoverMounts } from './recover-mounts.js';
 import { currentBootId } from './store/boot-id.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { forgetIdleNamespaces, whereMounted } from './mounted-elsewhere.js';
@@ -42,9 +41,6 @@ export interface RecoveryReport {
    */
   failed: { containerId: string; code: string; message: string }[];
 }
-
-/** How many mounts stacked on one path recover() peels before it gives up on that path. */
-const MAX_STACKED = 16;
 
 /**
  * Brings the store and the host's mounts in line with the configurations, after a
@@ -113,92 +109,9 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   else await ctx.store.repairIndex(configs);
 
   await ctx.mounter.recover?.();
-  const volumesDir = path.join(ctx.store.root, 'volumes');
-  for (const group of byRootfs(configs)) {
-    try {
-      await recoverRootfs(ctx, group, elsewhere, volumesDir, report);
-    } catch (error) {
-      // A lost lock, or an error without a code, stops it. A refusal concerns this rootfs
-      // alone (a rootfs turned into a symlink, a mount the kernel refuses): say so, go on.
-      if (!(error instanceof ContainerVolumesError) || error.code === 'ERR_LOCK_FAILED') throw error;
-      for (const config of group) report.failed.push({ containerId: config.id, code: error.code, message: error.message });
-    }
-  }
+  await recoverMounts(ctx, configs, elsewhere, report);
   debugRuntime('recovered: %o', report);
   return report;
-}
-
-/** Containers grouped by rootfs: mounts under one rootfs are judged against all of its containers at once. */
-function byRootfs(configs: readonly ContainerConfig[]): ContainerConfig[][] {
-  const groups = new Map<string, ContainerConfig[]>();
-  for (const config of configs) groups.set(config.rootfs, [...(groups.get(config.rootfs) ?? []), config]);
-  return [...groups.values()];
-}
-
-/**
- * Under one rootfs, the store's volumes must be mounted exactly as the plans of its
- * containers meant to be mounted say, once each. Anything else (a stray, a stack, a
- * wrong mode, a half-made mount) and everything of ours there is detached; then the
- * plans are applied, making what is missing.
- */
-async function recoverRootfs(
-  ctx: Context,
-  group: readonly ContainerConfig[],
-  elsewhere: ReadonlySet<string>,
-  volumesDir: string,
-  report: RecoveryReport,
-): Promise<void> {
-  const rootfs = (group[0] as ContainerConfig).rootfs;
-  const mounted = group.filter((c) => c.mounted).map((config) => ({ config, plan: planMounts(config, (id) => ctx.store.volumeDir(id)) }));
-  const ours = (await ctx.mounter.list(rootfs)).filter((m) => isStoreVolume(m, volumesDir));
-  // Mounts of a container mounted in another namespace that show here (propagated by a
-  // shared mount) are wanted as they are; they are never made here.
-  if (!(await allWanted(ours, mounted.flatMap((m) => m.plan)))) await detachAll(ctx, group, volumesDir, report);
-  for (const { config, plan } of mounted.filter((m) => !elsewhere.has(m.config.id))) {
-    for (const { path: p } of await applyPlan(ctx.mounter, plan, () => ctx.store.assertLocked())) {
-      report.remounted.push({ containerId: config.id, path: p });
-    }
-  }
-}
-
-/** Whether every mount in `ours` is a complete mount of a distinct planned mount: the right volume, path and mode. */
-async function allWanted(ours: readonly MountedVolume[], wanted: readonly MountRequest[]): Promise<boolean> {
-  const left = [...wanted];
-  for (const m of ours) {
-    let match = -1;
-    for (const [i, request] of left.entries()) {
-      if (request.path === m.path && request.mode === m.mode && isComplete(m) && (await mountedThere([m], request))) {
-        match = i;
-        break;
-      }
-    }
-    if (match === -1) return false;
-    left.splice(match, 1);
-  }
-  return true;
-}
-
-/** Detaches every mount of the store's volumes under the rootfs, deepest and topmost first, peeling stacks. */
-async function detachAll(ctx: Context, group: readonly ContainerConfig[], volumesDir: string, report: RecoveryReport): Promise<void> {
-  const rootfs = (group[0] as ContainerConfig).rootfs;
-  // Reported against the container with a volume at the path, preferably one meant to be mounted.
-  const ownerOf = (p: string) =>
-    (group.find((c) => c.mounted && c.volumes.some((v) => v.path === p)) ?? group.find((c) => c.volumes.some((v) => v.path === p)) ?? group[0])!.id;
-  for (let round = 0; round < MAX_STACKED; round++) {
-    const ours = (await ctx.mounter.list(rootfs)).filter((m) => isStoreVolume(m, volumesDir));
-    if (ours.length === 0) return;
-    ctx.store.assertLocked();
-    // One per path per round: unmounting a path detaches only its topmost mount.
-    const targets = [...new Map(ours.map((m) => [m.path, { rootfs, path: m.path }])).values()].reverse();
-    if (ctx.mounter.unmountAll) await ctx.mounter.unmountAll(targets);
-    else for (const target of targets) await ctx.mounter.unmount(target);
-    for (const { path: p } of targets) report.unmounted.push({ containerId: ownerOf(p), path: p });
-  }
-  throw new ContainerVolumesError('ERR_UNMOUNT_FAILED', `mounts under rootfs ${rootfs} are still there after ${MAX_STACKED} rounds of unmounting`);
-}
-
-function isStoreVolume(mount: MountedVolume, volumesDir: string): boolean {
-  return mount.source !== undefined && path.dirname(mount.source) === volumesDir;
 }
 
 /**

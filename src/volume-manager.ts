@@ -1,13 +1,16 @@
 import { ContainerVolumesError, isErrnoException } from './errors.js';
 import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
 import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
+import { checkReadOnlyParents } from './read-only-parents.js';
 import { sharedMounts } from './sharing.js';
 import { checkReference } from './spec/ids.js';
 import { normalizeVolumePaths } from './spec/volume-path.js';
 import { checkMode } from './spec/volumes-from.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
 import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
-import { checkDeletable, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
+import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
+import type { MountedVolume } from './mounter/mounter.js';
+import { checkNotMountedElsewhere } from './mounted-elsewhere.js';
 import { debugStore } from './debug.js';
 
 /** The context of each manager, for the ContainerRuntime that owns it: one store, one queue. */
@@ -45,8 +48,10 @@ export class VolumeManager {
       const taken = clean.find((path) => config.volumes.some((v) => v.path === path));
       if (taken) throw duplicate(containerId, taken);
       const created = await makeVolumes(ctx, containerId, config.rootfs, clean, copyUp);
+      const changed = { ...config, volumes: sortVolumes([...config.volumes, ...created]) };
       try {
-        await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...created]) }, config);
+        checkReadOnlyParents(containerId, changed.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
+        await ctx.store.writeContainer(changed, config);
       } catch (error) {
         await discardVolumes(ctx, containerId, created);
         throw error;
@@ -74,7 +79,9 @@ export class VolumeManager {
       const added = sharedMounts(await readSources(ctx, [{ containerId: sourceId, mode }]));
       const taken = added.find((s) => config.volumes.some((v) => v.path === s.path));
       if (taken) throw duplicate(containerId, taken.path);
-      await ctx.store.writeContainer({ ...config, volumes: sortVolumes([...config.volumes, ...added]) }, config);
+      const changed = { ...config, volumes: sortVolumes([...config.volumes, ...added]) };
+      checkReadOnlyParents(containerId, changed.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
+      await ctx.store.writeContainer(changed, config);
       return added;
     });
   }
@@ -128,12 +135,13 @@ export class VolumeManager {
           `volume ${volumeId} is in use by container${users.length > 1 ? 's' : ''} ${users.map((u) => `${u.containerId} (at ${u.path})`).join(', ')}`,
         );
       }
-      await checkDeletable(ctx, volumeId);
+      checkNotMounted(ctx, await allMounts(ctx), volumeId);
+      await checkNotMountedElsewhere(ctx, volumeId);
       await ctx.store.deleteVolumeDir(volumeId);
     });
   }
 
-  /** Deletes every volume no container references; one with something mounted inside is kept. */
+  /** Deletes every volume no container references; one that is mounted anywhere, or has something mounted inside, is kept. */
   async prune(): Promise<PruneResult> {
     const ctx = this.#ctx;
     return ctx.store.exclusive(async () => {
@@ -142,13 +150,15 @@ export class VolumeManager {
       // that a killed process left pending (under the lock, no create is under way).
       const pending = await ctx.store.readPending();
       const candidates = new Set([...ctx.store.index.unused(), ...pending.flatMap((record) => record.volumeIds)]);
+      let mounts: Promise<MountedVolume[]> | undefined;
       for (const id of candidates) {
         if (!(await ctx.store.volumeExists(id)) || (await volumeUsers(ctx, id, true)).length > 0) {
           ctx.store.index.forget(id, { refs: false });
           continue;
         }
         try {
-          await checkDeletable(ctx, id);
+          checkNotMounted(ctx, await (mounts ??= allMounts(ctx)), id);
+          await checkNotMountedElsewhere(ctx, id);
         } catch (error) {
           debugStore('prune keeps %s: %s', id, (error as Error).message);
           continue;

@@ -3,8 +3,10 @@ import type { Context } from './context.js';
 import { debugStore } from './debug.js';
 import { prepareVolumeContent } from './rootfs/copy-up.js';
 import { newId } from './spec/ids.js';
-import { checkNotMountedAnywhere } from './mounted-elsewhere.js';
 import type { VolumeMount, VolumeUse } from './types.js';
+import type { MountedVolume } from './mounter/mounter.js';
+import { volumeIdOf } from './mount-owners.js';
+import { isBelow } from './spec/volume-path.js';
 
 /**
  * Makes one new volume per path for `containerId`, each starting as a copy of the
@@ -84,18 +86,28 @@ export async function volumeReferences(ctx: Context): Promise<Map<string, Volume
 }
 
 /**
- * Refuses to delete a volume that is mounted anywhere the store knows of (see
- * checkNotMountedAnywhere; `exceptUnder` is the rootfs of a container being removed
- * with force), or that has something mounted inside its directory: the recursive
- * delete would walk into that mount and destroy data outside the store.
+ * Every mount of the mounter's namespace, by host path: read once by a call that may
+ * delete volumes, then given to `checkNotMounted` for each.
  */
-export async function checkDeletable(ctx: Context, volumeId: string, exceptUnder?: string): Promise<void> {
-  await checkNotMountedAnywhere(ctx, volumeId, exceptUnder);
-  const inside = await ctx.mounter.list(ctx.store.volumeDir(volumeId));
+export function allMounts(ctx: Context): Promise<MountedVolume[]> {
+  return ctx.mounter.list('/');
+}
+
+/**
+ * Refuses to delete a volume that is mounted anywhere (its data would vanish under a
+ * container that still sees it, and the mount would outlive it), or that has something
+ * mounted inside its directory (the recursive delete would walk into that mount and
+ * destroy data outside the store). `leaving` are mounts the caller is about to remove
+ * itself (a forced remove's own, with their propagated copies).
+ */
+export function checkNotMounted(ctx: Context, mounts: readonly MountedVolume[], volumeId: string, leaving: ReadonlySet<MountedVolume> = new Set()): void {
+  const dir = ctx.store.volumeDir(volumeId);
+  const inside = mounts.filter((m) => m.path === dir || isBelow(m.path, dir)).map((m) => m.path);
   if (inside.length > 0) {
-    throw new ContainerVolumesError(
-      'ERR_VOLUME_BUSY',
-      `volume ${volumeId} cannot be deleted: something is mounted inside it at ${inside.map((m) => m.path).join(', ')}`,
-    );
+    throw new ContainerVolumesError('ERR_VOLUME_BUSY', `volume ${volumeId} cannot be deleted: something is mounted inside it at ${inside.join(', ')}`);
+  }
+  const at = mounts.filter((m) => volumeIdOf(ctx, m.source) === volumeId && !leaving.has(m)).map((m) => m.path);
+  if (at.length > 0) {
+    throw new ContainerVolumesError('ERR_VOLUME_BUSY', `volume ${volumeId} cannot be deleted: it is mounted at ${at.join(', ')}`);
   }
 }

@@ -10,7 +10,7 @@ import { O_PATH_DIRECTORY, hostPathOf, openBelow, openChild, openInRootfs, procP
 import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
-import { bindSource, type MountinfoEntry, readMountinfo } from './mountinfo.js';
+import { bindSources, type MountinfoEntry, readMountinfo } from './mountinfo.js';
 import { isAlive } from '../process-alive.js';
 
 /** `umount` says this (exit 32, in the C locale we run it in) when there is nothing to unmount. */
@@ -128,17 +128,25 @@ export class BindMounter implements Mounter {
       real = await fs.realpath(dir);
     } catch (error) {
       if (isErrnoException(error, 'ENOENT')) return [];
-      throw error;
+      // A directory above it turned into a file, a symlink loop: nothing can be reached there by its path.
+      throw new ContainerVolumesError('ERR_INVALID_ROOTFS', `cannot list the mounts under ${dir}: ${(error as Error).message}`, { cause: error });
     }
     const prefix = real === '/' ? '/' : `${real}/`;
     const all = await readMountinfo(namespaceOf(this).mountinfo);
+    const sourceOf = bindSources(all, real === '/' ? undefined : real);
     const found: MountedVolume[] = [];
     // mountinfo lists a mount after the one it is stacked on; the stable sort keeps that order.
     for (const entry of all) {
-      if (!entry.mountPoint.startsWith(prefix)) continue;
+      if (!entry.mountPoint.startsWith(prefix) || entry.mountPoint === real) continue;
       const mountPath = entry.mountPoint.slice(prefix.length - 1);
-      const source = bindSource(entry, all, real);
-      found.push({ path: mountPath, mode: entry.options.includes('ro') ? 'ro' : 'rw', options: entry.options, ...(source ? { source } : {}) });
+      const source = sourceOf(entry);
+      found.push({
+        path: mountPath,
+        mode: entry.options.includes('ro') ? 'ro' : 'rw',
+        options: entry.options,
+        propagation: entry.propagation,
+        ...(source ? { source } : {}),
+      });
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
   }

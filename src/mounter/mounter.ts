@@ -30,6 +30,12 @@ export interface MountedVolume {
    * replaced, never taken as in place.
    */
   options?: string[];
+  /**
+   * Its propagation tags, when the mounter can tell (`shared:N`, `master:N`; none for a
+   * private mount): a mount on a shared rootfs has copies in the peers and slaves of
+   * that rootfs, which share its `N` and go away with it.
+   */
+  propagation?: string[];
 }
 
 /**
@@ -48,7 +54,9 @@ export interface Mounter {
    * Attaches `source` at exactly `<rootfs><path>`. No symlink may make the mount land
    * anywhere else: BindMounter refuses any symlink on the path (ERR_PATH_ESCAPES_ROOTFS)
    * or in the rootfs's own path (ERR_INVALID_ROOTFS). Missing directories on the way are created inside the
-   * rootfs; a non-directory on the way is ERR_MOUNT_POINT_NOT_DIRECTORY. When the
+   * rootfs (below a read-only mount made earlier they cannot be:
+   * ERR_MOUNT_POINT_READ_ONLY); a non-directory on the way is
+   * ERR_MOUNT_POINT_NOT_DIRECTORY. When the
    * promise resolves the mount is in place with the requested mode in effect; when it
    * rejects, nothing is left mounted by the call.
    */

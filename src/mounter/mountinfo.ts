@@ -50,15 +50,32 @@ export async function readMountinfo(file = '/proc/self/mountinfo'): Promise<Moun
  * another container) is never the witness: it would name a second path for it. Mounts
  * inside `exclude` (the rootfs being listed) are never witnesses either.
  */
-export function bindSource(entry: MountinfoEntry, all: readonly MountinfoEntry[], exclude: string): string | undefined {
-  let best: MountinfoEntry | undefined;
+export function bindSource(entry: MountinfoEntry, all: readonly MountinfoEntry[], exclude: string | undefined): string | undefined {
+  return bindSources(all, exclude)(entry);
+}
+
+/**
+ * `bindSource` for many entries of one table: the witnesses are indexed once by file
+ * system and root, and each entry looks up its own ancestors only, so listing every
+ * mount of a host costs a pass over the table, not its square. Without `exclude`
+ * (listing the whole tree), any mount may be a witness.
+ */
+export function bindSources(all: readonly MountinfoEntry[], exclude: string | undefined): (entry: MountinfoEntry) => string | undefined {
+  const witnesses = new Map<string, MountinfoEntry>();
   for (const other of all) {
-    if (other.device !== entry.device || other.root === entry.root) continue;
-    if (other.mountPoint === exclude || other.mountPoint.startsWith(`${exclude}/`)) continue;
-    if (other.root !== '/' && !entry.root.startsWith(`${other.root}/`)) continue;
-    if (!best || other.root.length > best.root.length) best = other;
+    if (exclude !== undefined && (other.mountPoint === exclude || other.mountPoint.startsWith(`${exclude}/`))) continue;
+    const key = `${other.device} ${other.root}`;
+    if (!witnesses.has(key)) witnesses.set(key, other);
   }
-  if (!best) return undefined;
-  const rest = best.root === '/' ? entry.root : entry.root.slice(best.root.length);
-  return best.mountPoint === '/' ? rest : `${best.mountPoint}${rest}`;
+  return (entry) => {
+    // Nearest ancestor first: every prefix of the root that ends before a '/', then '/'.
+    for (let end = entry.root.lastIndexOf('/', entry.root.length - 1); end >= 0; end = end === 0 ? -1 : entry.root.lastIndexOf('/', end - 1)) {
+      const ancestor = end === 0 ? '/' : entry.root.slice(0, end);
+      const best = ancestor === entry.root ? undefined : witnesses.get(`${entry.device} ${ancestor}`);
+      if (!best) continue;
+      const rest = best.root === '/' ? entry.root : entry.root.slice(best.root.length);
+      return best.mountPoint === '/' ? rest : `${best.mountPoint}${rest}`;
+    }
+    return undefined;
+  };
 }

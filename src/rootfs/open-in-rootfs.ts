@@ -104,6 +104,13 @@ export function openChild(dirFd: number, name: string, create: boolean, rootfs: 
         { cause: error },
       );
     }
+    if (isErrnoException(error, 'EROFS')) {
+      throw new ContainerVolumesError(
+        'ERR_MOUNT_POINT_READ_ONLY',
+        `cannot create ${containerPath} in rootfs ${rootfs}: ${name} would be made on a read-only mount`,
+        { cause: error },
+      );
+    }
     throw notADirectory(error, child, rootfs, containerPath, name);
   }
 }

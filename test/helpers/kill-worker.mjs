@@ -33,9 +33,12 @@ const PATHS = ['/data', '/srv', '/srv/cache', '/srv/cache/tmp', '/var/log', '/va
  */
 const elsewhere = process.env.KILL_WORKER_OWN_NAMESPACE === '1' ? ['ERR_MOUNTED_IN_OTHER_NAMESPACE'] : [];
 const EXPECTED = {
-  share: ['ERR_DUPLICATE_MOUNT_POINT'],
-  mount: elsewhere,
+  // A volume below one shared read-only whose mount point is missing from it.
+  create: ['ERR_MOUNT_POINT_READ_ONLY'],
+  createVolumes: ['ERR_MOUNT_POINT_READ_ONLY'],
+  mount: ['ERR_MOUNT_POINT_READ_ONLY', ...elsewhere],
   unmount: elsewhere,
+  share: ['ERR_DUPLICATE_MOUNT_POINT', 'ERR_MOUNT_POINT_READ_ONLY'],
   remove: ['ERR_CONTAINER_MOUNTED', ...elsewhere],
   removeVolume: ['ERR_VOLUME_IN_USE'],
 };

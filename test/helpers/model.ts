@@ -119,7 +119,6 @@ export class VolumesModel {
       if (!source) return { error: 'ERR_CONTAINER_NOT_FOUND' };
       sources.push({ source, mode: entry.mode as Mode | undefined });
     }
-    const id = this.containersMade++;
     const shared = new Map<string, ModelMount>();
     // Docker: later sources win a path; `:ro` makes all read-only, `:rw` never widens (AND).
     for (const { source, mode } of sources) {
@@ -128,7 +127,12 @@ export class VolumesModel {
       }
     }
     // Docker: an anonymous path a shared volume already covers gets no new volume.
-    const created = clean.ok.filter((p) => !shared.has(p)).map((p) => this.newVolume(p));
+    const anonymous = clean.ok.filter((p) => !shared.has(p));
+    if (belowReadOnly([...shared.values(), ...anonymous.map((p): ModelMount => ({ path: p, volume: -1, mode: 'rw', origin: 'created' }))])) {
+      return { error: 'ERR_MOUNT_POINT_READ_ONLY' };
+    }
+    const id = this.containersMade++;
+    const created = anonymous.map((p) => this.newVolume(p));
     const container: ModelContainer = { id, rootfs, mounted: false, volumes: [...shared.values(), ...created].sort(parentsFirst) };
     this.containers.set(id, container);
     return { ok: copy(container), created: created.map(({ path, volume }) => ({ path, volume })) };
@@ -141,6 +145,8 @@ export class VolumesModel {
     const container = this.changeable(target);
     if ('error' in container) return container;
     if (clean.ok.some((p) => container.volumes.some((v) => v.path === p))) return { error: 'ERR_DUPLICATE_MOUNT_POINT' };
+    const planned = clean.ok.map((p): ModelMount => ({ path: p, volume: -1, mode: 'rw', origin: 'created' }));
+    if (belowReadOnly([...container.volumes, ...planned])) return { error: 'ERR_MOUNT_POINT_READ_ONLY' };
     const created = clean.ok.map((p) => this.newVolume(p));
     container.volumes = [...container.volumes, ...created].sort(parentsFirst);
     return { ok: created.map((v) => ({ ...v })), created: created.map(({ path, volume }) => ({ path, volume })) };
@@ -160,6 +166,7 @@ export class VolumesModel {
     const added = source.volumes.map(
       (v): ModelMount => ({ path: v.path, volume: v.volume, mode: mode === 'ro' ? 'ro' : v.mode, origin: { from: source.id } }),
     );
+    if (belowReadOnly([...container.volumes, ...added])) return { error: 'ERR_MOUNT_POINT_READ_ONLY' };
     container.volumes = [...container.volumes, ...added].sort(parentsFirst);
     return { ok: added.map((v) => ({ ...v })) };
   }
@@ -268,6 +275,20 @@ export class VolumesModel {
 /** A malformed id given as it is: a string names nothing (Docker's "no such container"), a number is the wrong type. */
 function malformedError(ref: { malformed: MalformedVariant }, notFound: 'ERR_CONTAINER_NOT_FOUND' | 'ERR_VOLUME_NOT_FOUND'): string {
   return ref.malformed === 'number' ? 'ERR_INVALID_ARGUMENT' : notFound;
+}
+
+/**
+ * Whether a volume sits below one the container holds read-only that came from
+ * elsewhere: its mount point would have to be made inside that read-only volume. The
+ * volumes here never hold directories (fresh rootfs, fake mounter), so it never exists.
+ */
+function belowReadOnly(mounts: readonly ModelMount[]): boolean {
+  return mounts.some((m) => {
+    const parent = mounts.filter((p) => m.path.startsWith(`${p.path}/`)).sort((a, b) => b.path.length - a.path.length)[0];
+    if (!parent || parent.mode !== 'ro') return false;
+    const same = parent.origin === 'created' || m.origin === 'created' ? parent.origin === m.origin : parent.origin.from === m.origin.from;
+    return !same;
+  });
 }
 
 function resolve(ref: Ref, live: readonly number[], idle: readonly number[], made: number): Resolved {

@@ -32,10 +32,11 @@ const COPY_UP_MB = 128;
 /** Errors one worker can cause another by racing it; anything else is a failure. */
 const RACE_ERRORS: Record<string, string[]> = {
   create: [],
-  createFrom: ['ERR_CONTAINER_NOT_FOUND'],
-  createVolumes: ['ERR_CONTAINER_NOT_FOUND', 'ERR_CONTAINER_MOUNTED', 'ERR_DUPLICATE_MOUNT_POINT'],
-  shareVolumesFrom: ['ERR_CONTAINER_NOT_FOUND', 'ERR_CONTAINER_MOUNTED', 'ERR_DUPLICATE_MOUNT_POINT'],
-  mount: ['ERR_CONTAINER_NOT_FOUND'],
+  // ERR_MOUNT_POINT_READ_ONLY: a volume below one shared read-only whose mount point is missing from it.
+  createFrom: ['ERR_CONTAINER_NOT_FOUND', 'ERR_MOUNT_POINT_READ_ONLY'],
+  createVolumes: ['ERR_CONTAINER_NOT_FOUND', 'ERR_CONTAINER_MOUNTED', 'ERR_DUPLICATE_MOUNT_POINT', 'ERR_MOUNT_POINT_READ_ONLY'],
+  shareVolumesFrom: ['ERR_CONTAINER_NOT_FOUND', 'ERR_CONTAINER_MOUNTED', 'ERR_DUPLICATE_MOUNT_POINT', 'ERR_MOUNT_POINT_READ_ONLY'],
+  mount: ['ERR_CONTAINER_NOT_FOUND', 'ERR_MOUNT_POINT_READ_ONLY'],
   unmount: ['ERR_CONTAINER_NOT_FOUND'],
   remove: ['ERR_CONTAINER_NOT_FOUND', 'ERR_CONTAINER_MOUNTED'],
   removeForce: ['ERR_CONTAINER_NOT_FOUND'],
