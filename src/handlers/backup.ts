@@ -16,9 +16,9 @@ import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { MountRequest } from '../mounter/mounter.js';
 import type { Mode } from '../types.js';
-import { privateMounts } from './namespace.js';
+import { type NamespaceInit, privateMounts } from './namespace.js';
 import { placeVolumes } from './place-volumes.js';
-import { HandlerError, throwIfAborted, withHandlerContainer } from './run-handler.js';
+import { HandlerError, recordHandlerNamespace, throwIfAborted, withHandlerContainer } from './run-handler.js';
 
 /** The first member of every backup archive: what it holds. */
 export const MANIFEST_NAME = 'container-volumes-backup.json';
@@ -102,7 +102,15 @@ export async function backup(ctx: Context, containerId: string, destination: unk
         // GNU tar refuses a --directory with no member after it.
         if (members.length > 0) tar.push(`--directory=${container.rootfs}`, '--', ...members);
         const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
-        const warnings = await runTar(plan, tar, { stdout: output.createWriteStream(), bytesTotal, onProgress, signal, liveInput: true });
+        const warnings = await runTar(plan, tar, {
+          stdout: output.createWriteStream(),
+          bytesTotal,
+          onProgress,
+          signal,
+          liveInput: true,
+          // Recorded in its container, so that recover() never removes it while tar still runs.
+          onStart: (init) => recordHandlerNamespace(ctx, container.id, init),
+        });
         return { ...manifest, warnings };
       } finally {
         await fs.rm(scratch, { recursive: true, force: true });
@@ -171,6 +179,8 @@ interface TarIo {
   stdout?: Writable;
   bytesTotal: number;
   onProgress: ((progress: Progress) => void) | undefined;
+  /** Called with the init of tar's namespaces before anything is mounted there. */
+  onStart?: (init: NamespaceInit) => Promise<void>;
   signal: AbortSignal | undefined;
   /**
    * tar reads volumes that may be in use. GNU tar then exits 1 ("some files differ": a
@@ -185,7 +195,7 @@ interface TarIo {
  * bytes. Resolves to what tar warned about, one line each.
  */
 async function runTar(plan: readonly MountRequest[], argv: string[], io: TarIo): Promise<string[]> {
-  const mounts = await privateMounts(plan);
+  const mounts = await privateMounts(plan, io.onStart);
   try {
     let bytesDone = 0;
     const counter = new Transform({

@@ -181,7 +181,7 @@ export async function withHandlerContainer<T>(
  * process may still use them, even once the process running the handler is gone.
  * A container removed meanwhile (`remove` with force) stops the handler here.
  */
-export async function recordNamespace(ctx: Context, containerId: string, namespace: NamespaceInit): Promise<void> {
+export async function recordHandlerNamespace(ctx: Context, containerId: string, namespace: NamespaceInit): Promise<void> {
   await ctx.store.exclusive(async () => {
     const config = await ctx.store.readContainer(containerId);
     if (!config.handler) throw new Error(`container ${containerId} is not a handler container`);
@@ -191,7 +191,7 @@ export async function recordNamespace(ctx: Context, containerId: string, namespa
 
 async function runCommand(ctx: Context, container: ContainerConfig, targetId: string, spec: CommandHandler): Promise<CommandResult> {
   const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
-  const mounts = await privateMounts(plan, (init) => recordNamespace(ctx, container.id, init));
+  const mounts = await privateMounts(plan, (init) => recordHandlerNamespace(ctx, container.id, init));
   try {
     const subprocess = mounts.run(
       ['chroot', container.rootfs, ...spec.command],
