@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from '@jest/globals';
-import { ContainerRuntime, FakeMounter, type Mounter } from '../../src/index.js';
+import { ContainerRuntime, FakeMounter, type Mounter, type RecoveryReport } from '../../src/index.js';
 
 /** A fresh temporary directory; removed by `cleanupTemp` (call it in afterAll). */
 const made: string[] = [];
@@ -83,3 +83,24 @@ export async function snapshotTree(dir: string): Promise<Record<string, string>>
   await walk(dir);
   return out;
 }
+
+/**
+ * A store snapshot without the mount-namespace registry: a mount records its namespace
+ * before the first mount is made, and the entry stays after a rollback (it is what lets
+ * another process find mounts a failed rollback would have left).
+ */
+export function withoutNamespaceRegistry(tree: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(tree).filter(([name]) => name !== 'namespaces' && !name.startsWith('namespaces/')));
+}
+
+/** What `recover()` reports when the host already matched the configurations. */
+export const NOTHING_RECOVERED: RecoveryReport = Object.freeze({
+  rebooted: [],
+  namespaceGone: [],
+  removedHandlers: [],
+  unmounted: [],
+  remounted: [],
+  removedVolumes: [],
+  removedFiles: [],
+  failed: [],
+});

@@ -11,6 +11,7 @@ import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
 import { onJsonLines } from '../helpers/processes.js';
 import { random } from '../helpers/worker.mjs';
 import { assertPrivateMountNamespace } from './guard.js';
+import { NOTHING_RECOVERED as NOTHING } from '../helpers/fixtures.js';
 
 /*
  * The kill harness (issue 4, item 2). A child process (test/helpers/kill-worker.mjs, on
@@ -32,7 +33,6 @@ const KILLS = Number(process.env.KILL_HARNESS_KILLS ?? 220);
 const SEED = Number(process.env.KILL_HARNESS_SEED ?? Date.now() % 2 ** 31);
 /** Above this many containers the harness removes the oldest, so a round's cost stays flat. */
 const MAX_CONTAINERS = 20;
-const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let dir: string;
 /** Until the harness completes: the store of a run that failed is kept as evidence. */

@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from '@jest/globals';
-import { BindMounter, ContainerRuntime, type ContainerInfo, type RecoveryReport } from '../../src/index.js';
-import { cleanupTemp, expectCode, tempDir } from '../helpers/fixtures.js';
+import { BindMounter, ContainerRuntime, type ContainerInfo } from '../../src/index.js';
+import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
 import { onJsonLines } from '../helpers/processes.js';
 import { assertPrivateMountNamespace } from './guard.js';
@@ -17,7 +17,6 @@ import { assertPrivateMountNamespace } from './guard.js';
  */
 
 const WORKER = fileURLToPath(new URL('../helpers/namespace-worker.mjs', import.meta.url));
-const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 interface Worker {
   namespace: string;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { BindMounter, ContainerRuntime } from '../../src/index.js';
-import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
+import { cleanupTemp, NOTHING_RECOVERED, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
@@ -64,7 +64,7 @@ describe('after a reboot', () => {
       fs.writeFileSync(path.join(rootfs, 'data/log'), 'written by the running container\n');
 
       const report = afterReboot(root, 'return await runtime.recover();');
-      expect(report).toEqual({ rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] });
+      expect(report).toEqual(NOTHING_RECOVERED);
       expect(mountsUnder(rootfs).map((m) => m.root)).toEqual([volume]);
       expect(afterReboot(root, `return (await runtime.get(${JSON.stringify(c1.id)})).mounted;`)).toBe(true);
       const config = JSON.parse(fs.readFileSync(path.join(root, 'containers', `${c1.id}.json`), 'utf8')) as { mountedInBoot?: string };

@@ -3,8 +3,8 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { BindMounter, ContainerRuntime, type Mode, type RecoveryReport } from '../../src/index.js';
-import { cleanupTemp, expectCode, snapshotTree, tempDir } from '../helpers/fixtures.js';
+import { BindMounter, ContainerRuntime, type Mode } from '../../src/index.js';
+import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, snapshotTree, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
@@ -16,7 +16,6 @@ import { assertPrivateMountNamespace } from './guard.js';
  */
 
 const BOOT_ID = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let base: string;
 beforeAll(async () => {

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { BindMounter, ContainerRuntime, type RecoveryReport } from '../../src/index.js';
-import { cleanupTemp, expectCode, snapshotTree, tempDir } from '../helpers/fixtures.js';
+import { BindMounter, ContainerRuntime } from '../../src/index.js';
+import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, snapshotTree, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
@@ -13,7 +13,6 @@ import { assertPrivateMountNamespace } from './guard.js';
  * never takes another's mounts, and recover() settles in one call.
  */
 
-const NOTHING: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 let base: string;
 beforeAll(async () => {

@@ -3,13 +3,12 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { afterAll, describe, expect, test } from '@jest/globals';
 import { FakeMounter } from '../../src/index.js';
-import { cleanupTemp, expectCode, sandbox, snapshotTree } from '../helpers/fixtures.js';
+import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, sandbox, snapshotTree } from '../helpers/fixtures.js';
 
 /* Mounts that meet another container's, read-only parents, and the boot a mount is recorded in, with the fake mounter. */
 
 afterAll(cleanupTemp);
 
-const NOTHING = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
 
 describe("a mount that would meet another container's", () => {
   test('two containers on one rootfs with a volume at one path: the second is refused while the first is mounted', async () => {
