@@ -96,7 +96,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
   const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];
   checkReadOnlyParents(config.id, config.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
-  await checkMountPointsFree(ctx, config, plan, present);
+  await checkMountPointsFree(ctx, config, plan, present, where === 'here');
   const boot = currentBootId();
   const here = currentMountNamespace();
   if (where === 'here' && config.mountedInBoot === boot && config.mountedIn?.namespace === here.namespace) {
@@ -127,19 +127,23 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
 }
 
 export async function unmountContainer(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
-  // A handler's mounts only ever existed in its private namespace. On the host the same
-  // paths and sources may be another container's mounts (the target's own rootfs is a
-  // natural handler rootfs): those must stay.
-  if (config.handler && !config.mounted) return config;
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'unmount');
+  // Not mounted here (never, or in a boot or a namespace that is gone): nothing of it is
+  // mounted here, and a mount of its volumes at its paths is another container's — one
+  // on the same rootfs sharing them, or a handler's target when the handler used the
+  // target's rootfs. Only the record is brought in line.
+  if (where === 'nowhere') return config.mounted ? markUnmounted(ctx, config) : config;
   await removePlan(
     ctx.mounter,
     planMounts(config, (id) => ctx.store.volumeDir(id)),
     () => ctx.store.assertLocked(),
     async (mount) => (await holderOf(ctx, config.rootfs, mount, config.id)) !== undefined,
   );
-  if (!config.mounted) return config;
+  return markUnmounted(ctx, config);
+}
+
+async function markUnmounted(ctx: Context, config: ContainerConfig): Promise<ContainerConfig> {
   const { mountedInBoot: _, mountedIn: __, ...unmounted } = { ...config, mounted: false };
   await ctx.store.writeContainer(unmounted, config);
   return unmounted;

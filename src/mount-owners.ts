@@ -51,19 +51,20 @@ export async function holderOf(
  * paths, above one (this container's mount would land inside the other's volume) or
  * below one (it would hide the other's). Stacking would make `unmount` of either
  * container take or leave the wrong mount. `present` is what is mounted under the
- * rootfs now; a mount that is this container's own (it is meant to be mounted and the
- * mount is its volume at its path) is not looked into.
+ * rootfs now; a mount that is this container's own (it is mounted here — `mountedHere`
+ * — and the mount is its volume at its path) is not looked into.
  */
 export async function checkMountPointsFree(
   ctx: Context,
   config: ContainerConfig,
   plan: readonly MountRequest[],
   present: readonly MountedVolume[],
+  mountedHere: boolean,
 ): Promise<void> {
   for (const mount of present) {
     const request = plan.find((r) => r.path === mount.path || isBelow(r.path, mount.path) || isBelow(mount.path, r.path));
     if (request === undefined) continue;
-    if (config.mounted && request.path === mount.path && volumeIdOf(ctx, mount.source) === path.basename(request.source)) continue;
+    if (mountedHere && request.path === mount.path && volumeIdOf(ctx, mount.source) === path.basename(request.source)) continue;
     const holder = await holderOf(ctx, config.rootfs, mount, config.id);
     if (holder === undefined) continue;
     throw new ContainerVolumesError(

@@ -104,6 +104,25 @@ describe('two containers on one rootfs with a volume at the same path', () => {
     expect(await w.restarted().recover()).toEqual(NOTHING);
   });
 
+  test("unmount and remove --force of a container that is not mounted leave the mounts of the one that shares its volumes", async () => {
+    const w = world();
+    const rootfs = w.rootfs('shared');
+    const source = await w.runtime.create({ rootfs, volumes: ['/data'] });
+    const user = await w.runtime.create({ rootfs, volumesFrom: [source.id] });
+    await w.runtime.mount(user.id);
+    const mounted = [['data', w.volumeDir(volumeOf(source, '/data')), 'rw']];
+    expect(table(rootfs)).toEqual(mounted);
+
+    // The same volume at the same path of the same rootfs: the user's mount, not the source's.
+    await w.runtime.unmount(source.id);
+    expect(table(rootfs)).toEqual(mounted);
+    await w.runtime.remove(source.id, { force: true });
+    expect(table(rootfs)).toEqual(mounted);
+    expect((await w.runtime.get(user.id)).mounted).toBe(true);
+    await w.runtime.unmount(user.id);
+    expect(table(rootfs)).toEqual([]);
+  });
+
   test('prune and volumes.remove never delete a volume that is still mounted somewhere, even with no container left', async () => {
     const w = world();
     const rootfs = w.rootfs('c');
