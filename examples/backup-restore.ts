@@ -1,4 +1,4 @@
-// The seed's custom volume handlers (§4–§5), end to end:
+// Custom volume handlers, end to end:
 //   DB=$(docker run -d -v /var/lib/postgres -v /var/log postgres)   → a "db" container that writes its data
 //   docker run --volumes-from $DB backuper backup-postgres           → runtime.backup(): a tar archive of its volumes
 //   a fresh container restored from that archive                      → runtime.restore(), then a handler reads it
@@ -128,7 +128,7 @@ try {
   if (!real) {
     console.log('backup and restore run GNU tar in a private mount namespace, which takes root: skipped.');
   } else {
-    // The backup job: shares db's volumes read-only and archives them (seed §5).
+    // The backup job: shares db's volumes read-only and archives them.
     const archive = path.join(await tempDir('backups'), 'db.tar');
     const backupBar = progressBar('backup');
     const manifest = await runtime.backup(db.id, archive, { onProgress: backupBar.onProgress });
@@ -190,7 +190,7 @@ try {
   process.exitCode = 1;
 } finally {
   // Nothing here mounts in this namespace (handlers mount in their own), but a failed
-  // run is cleaned the same way as the seed story, to be safe.
+  // run is cleaned the same way as seed-story.ts, to be safe.
   for (const c of await runtime.list().catch(() => [])) await runtime.unmount(c.id).catch(() => undefined);
   for (const dir of temporary) await fs.rm(dir, { recursive: true, force: true });
 }

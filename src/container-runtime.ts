@@ -91,7 +91,7 @@ export class ContainerRuntime {
   }
 
   /**
-   * Runs a custom volume handler against the volumes of `containerId` (seed §4–5): a
+   * Runs a custom volume handler against the volumes of `containerId` (a backup, a transfer, a sync): a
    * transient handler container shares them (so they cannot be removed or pruned) for
    * as long as the handler runs, and is removed afterwards whatever happens.
    *

@@ -109,6 +109,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   // It names this boot and this namespace, also when the container was already marked
   // mounted in an earlier boot or in a namespace that is gone: such a record would make
   // recover() take the live mounts for leftovers.
+  ctx.store.assertLocked();
   recordNamespace(ctx.store.root, here, boot);
   const mounted: ContainerConfig = { ...config, mounted: true, mountedInBoot: boot, mountedIn: here };
   await ctx.store.writeContainer(mounted, config);

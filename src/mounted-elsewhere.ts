@@ -105,8 +105,9 @@ function locate(dir: string, here: MountinfoEntry[]): LocatedVolume | undefined 
   return { device: holder.device, root: holder.root === '/' ? rest || '/' : `${holder.root}${rest}` };
 }
 
-function holds(volume: LocatedVolume, mount: MountinfoEntry): boolean {
-  return mount.device === volume.device && (mount.root === volume.root || mount.root.startsWith(`${volume.root}/`));
+/** Whether the mount shows the directory, or one below it (a directory that is the root of its file system holds all). */
+function holds(dir: LocatedVolume, mount: MountinfoEntry): boolean {
+  return mount.device === dir.device && (dir.root === '/' || mount.root === dir.root || mount.root.startsWith(`${dir.root}/`));
 }
 
 /**
@@ -121,7 +122,8 @@ export async function forgetIdleNamespaces(ctx: Context): Promise<string[]> {
   for (const ns of knownNamespaces(ctx.store.root)) {
     if (ns.namespace === own) continue;
     const mounts = await mountsOf(ns, ns.bootId);
-    if (mounts && volumes && mounts.some((m) => m.device === volumes.device && m.root.startsWith(`${volumes.root}/`))) continue;
+    if (mounts && volumes && mounts.some((m) => holds(volumes, m))) continue;
+    ctx.store.assertLocked();
     forgetNamespace(ctx.store.root, ns.namespace);
     forgotten.push(`namespaces/${ns.namespace.slice(5, -1)}.json`);
   }

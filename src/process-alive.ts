@@ -1,6 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { isErrnoException } from './errors.js';
 
+export function isPid(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) > 0;
+}
+
+/** A process's start time as read from disk: clock ticks after boot. */
+export function isStartTime(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
 /** Whether a process with this pid exists now (in this boot; callers compare boot ids themselves). */
 export function isAlive(pid: number): boolean {
   if (!Number.isSafeInteger(pid) || pid <= 0) return false;

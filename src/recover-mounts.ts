@@ -33,7 +33,12 @@ export async function recoverMounts(
   elsewhere: ReadonlySet<string>,
   report: RecoveryReport,
 ): Promise<void> {
-  const wanted = await withoutConflicts(ctx, configs, report);
+  // Containers mounted elsewhere cannot meet this namespace's mounts: they are no party to
+  // its conflicts, only wanted as they are.
+  const wanted = [
+    ...(await withoutConflicts(ctx, configs.filter((c) => !elsewhere.has(c.id)), report)),
+    ...configs.filter((c) => elsewhere.has(c.id)).map((config) => ({ config, plan: planMounts(config, (id) => ctx.store.volumeDir(id)) })),
+  ];
   const groups = byRootfs(configs);
   const rootfsSet = new Set(configs.map((c) => c.rootfs));
   // The innermost rootfs strictly above a host path: the region that path belongs to.

@@ -1,4 +1,4 @@
-/** Public shapes (SPEC §3). Fields may be added, never renamed. */
+/** Public shapes. Fields may be added, never renamed. */
 
 export type Mode = 'rw' | 'ro';
 

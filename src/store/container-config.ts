@@ -2,6 +2,7 @@ import { ContainerVolumesError } from '../errors.js';
 import { rootfsProblem } from '../rootfs/check-rootfs.js';
 import { isId } from '../spec/ids.js';
 import { isBootId } from './boot-id.js';
+import { isPid, isStartTime } from '../process-alive.js';
 import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
 import { normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerInfo, VolumeMount } from '../types.js';
@@ -70,14 +71,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   };
 }
 
-function isPid(value: unknown): value is number {
-  return Number.isSafeInteger(value) && (value as number) > 0;
-}
 
-/** A process's start time: clock ticks after boot. */
-function isStartTime(value: unknown): value is number {
-  return Number.isSafeInteger(value) && (value as number) >= 0;
-}
 
 function isNamespaceInit(value: unknown): boolean {
   return value === undefined || (isObject(value) && isPid(value.pid) && isStartTime(value.startTime));

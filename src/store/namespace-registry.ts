@@ -1,6 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
+import { isPid, isStartTime } from '../process-alive.js';
 import { isBootId } from './boot-id.js';
 import { writeFileAtomicUndurable } from './atomic-file.js';
 
@@ -45,8 +46,8 @@ export function knownNamespaces(root: string): KnownNamespace[] {
       const entry = JSON.parse(readFileSync(path.join(root, 'namespaces', name), 'utf8')) as Record<string, unknown>;
       const { namespace, pid, startTime, bootId } = entry;
       if (!isNamespaceId(namespace) || entryName(namespace) !== name || !isBootId(bootId)) continue;
-      if (!Number.isSafeInteger(pid) || !Number.isSafeInteger(startTime)) continue;
-      known.push({ namespace, pid: pid as number, startTime: startTime as number, bootId });
+      if (!isPid(pid) || !isStartTime(startTime)) continue;
+      known.push({ namespace, pid, startTime, bootId });
     } catch {
       // Being replaced, or damaged: nothing to learn from it.
     }
