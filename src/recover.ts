@@ -6,6 +6,7 @@ import { ContainerVolumesError, isErrnoException } from './errors.js';
 import { applyPlan, isComplete, mountedThere, planMounts } from './mount-plan.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import { currentBootId } from './store/boot-id.js';
+import { removeTree } from './store/remove-tree.js';
 import type { ContainerConfig } from './store/container-config.js';
 import { isAlive } from './process-alive.js';
 
@@ -176,7 +177,7 @@ async function removeDebris(ctx: Context): Promise<string[]> {
       debugRuntime('recover keeps trash/%s: something is mounted inside it', name);
       continue;
     }
-    await fs.rm(path.join(root, 'trash', name), { recursive: true, force: true });
+    await removeTree(path.join(root, 'trash', name));
     removed.push(`trash/${name}`);
   }
   try {

@@ -9,6 +9,7 @@ import { type ContainerConfig, parseConfig, serializeConfig } from './container-
 import { assertLockHeld, withStoreLock } from './lock.js';
 import { currentBootId } from './boot-id.js';
 import { ReferenceIndex } from './reference-index.js';
+import { removeTree } from './remove-tree.js';
 
 const READ_BATCH = 64;
 
@@ -264,7 +265,7 @@ export class Store {
       });
     }
     this.index.forget(volumeId, { refs: true });
-    await fs.rm(trashed, { recursive: true, force: true });
+    await removeTree(trashed);
     debugStore('deleted volume %s', volumeId);
   }
 }
