@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -130,10 +130,9 @@ function describeTree(dir: string, skip: readonly string[] = []): Record<string,
   };
   visit(Buffer.from(dir), '.');
   // Every extended attribute in every namespace (ACLs are system.posix_acl_*), in hex.
-  const dump = execFileSync('getfattr', ['--recursive', '--dump', '--match=-', '--no-dereference', '--encoding=hex', '.'], {
-    cwd: dir,
-    maxBuffer: 256 * MiB,
-  });
+  // getfattr fails on paths deeper than PATH_MAX (left out above) after dumping all the others.
+  const result = spawnSync('getfattr', ['--recursive', '--dump', '--match=-', '--no-dereference', '--encoding=hex', '.'], { cwd: dir, maxBuffer: 256 * MiB });
+  const dump = result.stdout;
   let current: Entry | undefined;
   for (const line of dump.toString('latin1').split('\n')) {
     if (line.startsWith('# file: ')) {
@@ -365,13 +364,15 @@ async function populate(w: World): Promise<{ socket: net.Server }> {
   await fsp.writeFile(path.join(w.at('/logs'), 'log'), 'log\n');
   run('setfattr', '-n', 'trusted.root', '-v', 'on the volume root', w.at('/logs'));
   await fsp.chown(w.at('/logs'), 70_001, 80_001);
+  // A path deeper than PATH_MAX, with a hard link inside it (walked by deepListing).
+  execFileSync('perl', ['-e', 'chdir $ARGV[0] or die; for (1..22) { mkdir "p" x 200 or die; chdir "p" x 200 or die } open my $f, ">", "deep" or die; print $f "deep\\n"; close $f; link "deep", "deep-too" or die; chmod 0640, "deep";', data]);
   // A socket: tar skips it, saying so.
   const socket = net.createServer();
   await new Promise<void>((resolve) => socket.listen(at('socket'), resolve));
   // Nanosecond modification times, last (every change above moved them): files, directories, symlinks, volume roots.
-  // find hands touch the names as bytes; each volume gets its own time, its root another.
+  // find hands touch the names as bytes, from each one's directory (any depth); each volume gets its own time, its root another.
   for (const [i, dir] of [data, w.at('/data/nested'), w.at('/logs')].entries()) {
-    run('find', dir, '-mindepth', '1', '-not', '-type', 's', '-exec', 'touch', '-h', '-d', `@${1_000_000_000 + i}.123456789`, '{}', '+');
+    run('find', dir, '-mindepth', '1', '-not', '-type', 's', '-execdir', 'touch', '-h', '-d', `@${1_000_000_000 + i}.123456789`, '{}', '+');
     run('touch', '-d', `@${1_100_000_000 + i}.987654321`, dir);
   }
   return { socket };
@@ -405,6 +406,8 @@ describe('backup → restore keeps everything of every volume (one container)', 
     expect(original['/data']['socket']).toMatchObject({ type: 'socket' });
     delete original['/data']['socket'];
     expect(copy).toEqual(original);
+    expect(deepListing(w.hostPath(restored, '/data')).filter((l) => l.startsWith('p'))).toEqual(deepListing(w.at('/data')).filter((l) => l.startsWith('p')));
+    expect(deepListing(w.hostPath(restored, '/data')).find((l) => l.includes('/deep-too '))).toMatch(/ f 640 0 0 1000000000\.1234567890 5 2$/);
 
     // Spot checks, so that a walker that saw nothing cannot pass.
     const data = copy['/data'];
