@@ -16,6 +16,7 @@ import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { MountRequest } from '../mounter/mounter.js';
 import type { Mode } from '../types.js';
+import { failedOnlyOnLongNames, planDeepMembers } from './deep-members.js';
 import { type NamespaceInit, privateMounts } from './namespace.js';
 import { placeVolumes } from './place-volumes.js';
 import { HandlerError, recordHandlerNamespace, throwIfAborted, withHandlerContainer } from './run-handler.js';
@@ -157,8 +158,13 @@ export async function restore(ctx: Context, archive: unknown, options: unknown):
     const tar = ['tar', '--extract', '--file=-', '--numeric-owner', '--same-owner', '--same-permissions', '--xattrs', '--xattrs-include=*', '--acls'];
     // No --exclude of the manifest: tar would drop every member of that name at any depth.
     // Only the volumes' paths are extracted, and of the manifest, only a volume at its path.
+    const extract = [...tar];
     tar.push(`--directory=${staging}`, '--', ...members);
-    await runTar([], tar, { stdin: createReadStream(source), bytesTotal, onProgress, signal, liveInput: false });
+    await runTar([], tar, { stdin: createReadStream(source), bytesTotal, onProgress, signal, liveInput: false }).catch(async (error: unknown) => {
+      // A tree deeper than PATH_MAX: tar extracted all the rest, and the deep members follow, a chain of -C steps below.
+      if (!(error instanceof HandlerError && error.code === 'ERR_HANDLER_FAILED' && failedOnlyOnLongNames(error.stderr))) throw error;
+      await extractDeepMembers(source, staging, extract, signal);
+    });
     await placeVolumes(staging, volumes, (why) => new ContainerVolumesError('ERR_INVALID_ARCHIVE', `${source} cannot be restored: ${why}`));
     return config;
   } catch (error) {
@@ -166,6 +172,35 @@ export async function restore(ctx: Context, archive: unknown, options: unknown):
       .exclusive(() => removeContainer(ctx, config.id, true, true))
       .catch((e: Error) => debugRuntime('removing half-restored container %s failed: %s', config.id, e.message));
     throw error;
+  }
+}
+
+/**
+ * Extracts the members too long for one tar run, one run per chain of -C steps, each
+ * member named (with --no-recursion: a deep directory alone, its members by their own
+ * names), with the attributes every extraction keeps. Costs a listing and a read of the
+ * archive per chain, only for archives that hold such members.
+ */
+async function extractDeepMembers(source: string, staging: string, extract: readonly string[], signal: AbortSignal | undefined): Promise<void> {
+  const { groups, parents } = await planDeepMembers(source, (why) => new ContainerVolumesError('ERR_INVALID_ARCHIVE', `${source} cannot be restored: ${why}`));
+  const lists = await fs.mkdtemp(path.join(os.tmpdir(), 'container-volumes-restore-'));
+  const run = async (names: Buffer[], strip: number, steps: string[]) => {
+    if (names.length === 0) return;
+    const list = path.join(lists, 'members');
+    // NUL-separated bytes, taken verbatim: names are bytes and may start with '-'.
+    await fs.writeFile(list, Buffer.concat(names.flatMap((m) => [m, Buffer.from([0])])));
+    const tar = [...extract, '--no-recursion', '--null', '--no-unquote', '--verbatim-files-from', `--strip-components=${strip}`];
+    tar.push(`--directory=${staging}`, ...steps.map((step) => `--directory=${step}`), `--files-from=${list}`);
+    await runTar([], tar, { stdin: createReadStream(source), bytesTotal: 0, onProgress: undefined, signal, liveInput: false });
+  };
+  try {
+    for (const group of groups) await run(group.members, group.strip, group.steps);
+    // Each run wrote into directories an earlier one had finished: their times (and only
+    // that: tar re-creates no directory that exists) are set once more, from the archive.
+    for (const group of groups) await run(group.directories, group.strip, group.steps);
+    await run(parents, 0, []);
+  } finally {
+    await fs.rm(lists, { recursive: true, force: true });
   }
 }
 
