@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { BindMounter, ContainerRuntime, type Mode } from '../../src/index.js';
 import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, snapshotTree, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { realWorld } from '../helpers/real-world.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -27,29 +28,7 @@ afterAll(async () => {
   await cleanupTemp();
 });
 
-function world() {
-  const dir = fs.mkdtempSync(path.join(base, 'w-'));
-  const root = path.join(dir, 'state');
-  return {
-    dir,
-    root,
-    runtime: new ContainerRuntime({ root, mounter: new BindMounter() }),
-    /** Another runtime on the same root: what a restarted process would open. */
-    restarted: () => new ContainerRuntime({ root, mounter: new BindMounter() }),
-    rootfs(name: string): string {
-      const p = path.join(dir, 'rootfs', name);
-      fs.mkdirSync(p, { recursive: true });
-      return p;
-    },
-    volumeDir: (volumeId: string) => path.join(root, 'volumes', volumeId),
-    editConfig(containerId: string, edit: (config: Record<string, unknown>) => void): void {
-      const file = path.join(root, 'containers', `${containerId}.json`);
-      const config = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-      edit(config);
-      fs.writeFileSync(file, JSON.stringify(config));
-    },
-  };
-}
+const world = () => realWorld(base);
 
 /** [mount point relative to `dir`, mounted directory (the host path: the store is on the root file system), ro|rw]. */
 function table(dir: string): [string, string, Mode][] {

@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { BindMounter, ContainerRuntime } from '../../src/index.js';
+import { BindMounter } from '../../src/index.js';
 import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, snapshotTree, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { realWorld } from '../helpers/real-world.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -24,22 +25,7 @@ afterAll(async () => {
   await cleanupTemp();
 });
 
-function world() {
-  const dir = fs.mkdtempSync(path.join(base, 'w-'));
-  const root = path.join(dir, 'state');
-  return {
-    dir,
-    root,
-    runtime: new ContainerRuntime({ root, mounter: new BindMounter() }),
-    restarted: () => new ContainerRuntime({ root, mounter: new BindMounter() }),
-    rootfs(name: string): string {
-      const p = path.join(dir, 'rootfs', name);
-      fs.mkdirSync(p, { recursive: true });
-      return p;
-    },
-    volumeDir: (volumeId: string) => path.join(root, 'volumes', volumeId),
-  };
-}
+const world = () => realWorld(base);
 
 /** [mount point relative to `dir`, mounted directory, ro|rw], sorted by mount point. */
 function table(dir: string): [string, string, string][] {
