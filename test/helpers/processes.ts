@@ -47,3 +47,12 @@ export function onJsonLines<T>(stream: Readable, onLine: (line: T) => void): voi
     }
   });
 }
+
+/** SIGKILLs a process that may already be gone. */
+export function killIfAlive(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Already gone.
+  }
+}

@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { BindMounter, ContainerRuntime } from '../../src/index.js';
 import { cleanupTemp, expectCode, snapshotTree, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { realWorld } from '../helpers/real-world.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -23,22 +23,7 @@ afterAll(async () => {
   await cleanupTemp();
 });
 
-function world() {
-  const dir = fs.mkdtempSync(path.join(base, 'w-'));
-  const root = path.join(dir, 'state');
-  return {
-    dir,
-    root,
-    runtime: new ContainerRuntime({ root, mounter: new BindMounter() }),
-    restarted: () => new ContainerRuntime({ root, mounter: new BindMounter() }),
-    rootfs(name: string): string {
-      const p = path.join(dir, name);
-      fs.mkdirSync(p, { recursive: true });
-      return p;
-    },
-    volumeDir: (volumeId: string) => path.join(root, 'volumes', volumeId),
-  };
-}
+const world = () => realWorld(base);
 
 function volumeOf(info: { volumes: { path: string; volumeId: string }[] }, at: string): string {
   const found = info.volumes.find((v) => v.path === at);
@@ -62,7 +47,7 @@ describe('a directory above the rootfs that is no longer a directory', () => {
     const healthy = await w.runtime.create({ rootfs: w.rootfs('other/healthy'), volumes: ['/data'] });
     await w.runtime.mount(busy.id);
     await w.runtime.mount(healthy.id);
-    const parent = path.join(w.dir, 'parent');
+    const parent = path.join(w.dir, 'rootfs', 'parent');
     fs.renameSync(parent, `${parent}.moved`);
     breakIt(parent);
     const before = { state: await snapshotTree(w.root), mounts: table(w.dir) };
@@ -102,7 +87,7 @@ describe('nothing is created inside a volume the container holds read-only', () 
     const error = await expectCode(w.runtime.create({ rootfs: w.rootfs('b'), volumesFrom: [`${a.id}:ro`], volumes: ['/data/x/y/z'] }), 'ERR_MOUNT_POINT_READ_ONLY');
     expect(error.message).toContain('/data/x/y/z');
     expect(error.message).toMatch(/read-only at \/data\b/);
-    expect(await snapshotTree(w.dir)).toEqual({ ...before, b: 'dir 755 0:0' });
+    expect(await snapshotTree(w.dir)).toEqual({ ...before, 'rootfs/b': 'dir 755 0:0' });
     expect(await w.runtime.list()).toHaveLength(1);
 
     const c = await w.runtime.create({ rootfs: w.rootfs('c'), volumes: ['/data/x/y/z'] });

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from '@jest/gl
 import { BindMounter, ContainerRuntime, type ContainerInfo } from '../../src/index.js';
 import { cleanupTemp, expectCode, NOTHING_RECOVERED as NOTHING, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { onJsonLines } from '../helpers/processes.js';
+import { killIfAlive, onJsonLines } from '../helpers/processes.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -34,21 +34,13 @@ beforeAll(async () => {
   base = await tempDir('namespaces-');
 });
 afterEach(() => {
-  for (const pid of sleepers.splice(0)) killQuietly(pid);
+  for (const pid of sleepers.splice(0)) killIfAlive(pid);
   for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 afterAll(async () => {
   if (base) unmountAllUnder(base);
   await cleanupTemp();
 });
-
-function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
 
 /** A worker in a new private mount namespace on the store at `root`. */
 async function startWorker(root: string): Promise<Worker> {
@@ -151,7 +143,7 @@ describe('a container mounted in another, live mount namespace', () => {
     expect(fs.readFileSync(path.join(volumeDir, 'db'), 'utf8')).toBe('rows');
 
     // Once its last process is gone, so are its mounts: the container counts as unmounted.
-    killQuietly(sleeper);
+    killIfAlive(sleeper);
     while (fs.existsSync(`/proc/${sleeper}`)) await new Promise((resolve) => setTimeout(resolve, 5));
     expect(await w.runtime.recover()).toMatchObject({ namespaceGone: [x.id], remounted: [], unmounted: [] });
     expect((await w.runtime.get(x.id)).mounted).toBe(false);

@@ -7,7 +7,7 @@ import { BindMounter, ContainerRuntime, type VolumeMount } from '../../src/index
 import { STALE_MS } from '../../src/store/lock.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { childNamed, processState } from '../helpers/processes.js';
+import { childNamed, killIfAlive, processState } from '../helpers/processes.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -82,14 +82,6 @@ afterAll(async () => {
   if (base) unmountAllUnder(base);
   await cleanupTemp();
 });
-
-function killIfAlive(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // Already gone.
-  }
-}
 
 /** `ownNamespace`: in a private mount namespace of its own, which dies with it. */
 function startWorker(
