@@ -1,9 +1,9 @@
 import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
 import { createContainer, removeContainer } from './containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
-import { checkReference } from './spec/ids.js';
-import { normalizeVolumePaths } from './spec/volume-path.js';
-import { parseVolumesFrom } from './spec/volumes-from.js';
+import { checkReference } from './rules/ids.js';
+import { normalizeVolumePaths } from './rules/volume-path.js';
+import { parseVolumesFrom } from './rules/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';

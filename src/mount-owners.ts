@@ -2,8 +2,8 @@ import path from 'node:path';
 import type { Context } from './context.js';
 import { ContainerVolumesError } from './errors.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
-import { isBelow } from './spec/volume-path.js';
-import { isId } from './spec/ids.js';
+import { isBelow } from './rules/volume-path.js';
+import { isId } from './rules/ids.js';
 import type { ContainerConfig } from './store/container-config.js';
 
 /*

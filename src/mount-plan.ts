@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import { ContainerVolumesError } from './errors.js';
 import { debugMount } from './debug.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter/mounter.js';
-import { compareParentsFirst, isBelow } from './spec/volume-path.js';
+import { compareParentsFirst, isBelow } from './rules/volume-path.js';
 import type { ContainerConfig } from './store/container-config.js';
 
 /**

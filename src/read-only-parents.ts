@@ -2,7 +2,7 @@ import { closeSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError } from './errors.js';
 import { O_PATH_DIRECTORY, openChild } from './rootfs/open-in-rootfs.js';
-import { isBelow } from './spec/volume-path.js';
+import { isBelow } from './rules/volume-path.js';
 import type { Origin, VolumeMount } from './types.js';
 
 /**

@@ -1,4 +1,4 @@
-import { compareParentsFirst } from '../spec/volume-path.js';
+import { compareParentsFirst } from '../rules/volume-path.js';
 import type { ContainerInfo } from '../types.js';
 
 /** One entry of the `mounts` array of an OCI runtime-spec `config.json`. */

@@ -11,8 +11,8 @@ import { checkVolumesExist, createContainer, removeContainer } from '../containe
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { planMounts } from '../mount-plan.js';
-import { checkReference, isId } from '../spec/ids.js';
-import { isBelow, normalizeVolumePath } from '../spec/volume-path.js';
+import { checkReference, isId } from '../rules/ids.js';
+import { isBelow, normalizeVolumePath } from '../rules/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { MountRequest } from '../mounter/mounter.js';
 import type { Mode } from '../types.js';

@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { ContainerVolumesError, MountCommandError, isErrnoException } from '../errors.js';
 import { debugMount } from '../debug.js';
 import { O_PATH_DIRECTORY, hostPathOf, openBelow, openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../rootfs/open-in-rootfs.js';
-import { compareParentsFirst, isBelow } from '../spec/volume-path.js';
+import { compareParentsFirst, isBelow } from '../rules/volume-path.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSources, type MountinfoEntry, readMountinfo } from './mountinfo.js';

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { ContainerVolumesError } from '../errors.js';
-import { compareParentsFirst } from '../spec/volume-path.js';
+import { compareParentsFirst } from '../rules/volume-path.js';
 import type { Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';

@@ -1,6 +1,6 @@
 import { ContainerVolumesError, describe } from '../errors.js';
-import { normalizeVolumePath } from '../spec/volume-path.js';
-import { checkMode } from '../spec/volumes-from.js';
+import { normalizeVolumePath } from '../rules/volume-path.js';
+import { checkMode } from '../rules/volumes-from.js';
 import type { MountRequest, MountTarget } from './mounter.js';
 
 /**

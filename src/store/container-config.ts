@@ -1,10 +1,10 @@
 import { ContainerVolumesError } from '../errors.js';
 import { rootfsProblem } from '../rootfs/check-rootfs.js';
-import { isId } from '../spec/ids.js';
+import { isId } from '../rules/ids.js';
 import { isBootId } from './boot-id.js';
 import { isPid, isStartTime } from '../process-alive.js';
 import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
-import { normalizeVolumePath } from '../spec/volume-path.js';
+import { normalizeVolumePath } from '../rules/volume-path.js';
 import type { ContainerInfo, VolumeMount } from '../types.js';
 
 /** What `containers/<id>.json` holds: the single source of truth for a container's volumes. */

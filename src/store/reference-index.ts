@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, writ
 import path from 'node:path';
 import { isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
-import { isId } from '../spec/ids.js';
+import { isId } from '../rules/ids.js';
 import type { ContainerConfig } from './container-config.js';
 
 /**

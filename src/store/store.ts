@@ -3,7 +3,7 @@ import { accessSync, existsSync, mkdirSync, renameSync, rmSync, unlinkSync } fro
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { debugStore } from '../debug.js';
-import { checkId, isId } from '../spec/ids.js';
+import { checkId, isId } from '../rules/ids.js';
 import { syncDirectory, writeFileAtomic, writeFileAtomicUndurable } from './atomic-file.js';
 import { type ContainerConfig, parseConfig, serializeConfig } from './container-config.js';
 import { assertLockHeld, withStoreLock } from './lock.js';

@@ -1,6 +1,6 @@
 import { describe, expect, test } from '@jest/globals';
-import { normalizeVolumePath, normalizeVolumePaths } from '../../src/spec/volume-path.js';
-import { parseVolumesFrom } from '../../src/spec/volumes-from.js';
+import { normalizeVolumePath, normalizeVolumePaths } from '../../src/rules/volume-path.js';
+import { parseVolumesFrom } from '../../src/rules/volumes-from.js';
 import { parseMountinfo, bindSource } from '../../src/mounter/mountinfo.js';
 
 const ID = '3f1c2a9e-8b7d-4c6e-9f0a-1b2c3d4e5f60';

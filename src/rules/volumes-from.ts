@@ -1,5 +1,6 @@
 import { ContainerVolumesError, describe } from '../errors.js';
-import type { Mode } from '../types.js';
+import type { ContainerConfig } from '../store/container-config.js';
+import type { Mode, VolumeMount } from '../types.js';
 import { checkReference } from './ids.js';
 
 export interface VolumesFromSpec {
@@ -26,4 +27,40 @@ export function parseVolumesFrom(entry: unknown): VolumesFromSpec {
   // A string is never undefined, so checkMode either returns 'ro' | 'rw' or throws ('' included).
   const mode = checkMode(entry.slice(colon + 1), `volumesFrom ${JSON.stringify(entry)}`);
   return { containerId: checkReference(entry.slice(0, colon), 'container'), mode };
+}
+
+/**
+ * The mode a shared volume gets: `ro` makes it read-only, while `rw` (or no mode) keeps
+ * the source's, so a share can never make a read-only volume writable (Docker ANDs the
+ * modes).
+ */
+export function sharedMode(sourceMode: Mode, requested: Mode | undefined): Mode {
+  return requested === 'ro' ? 'ro' : sourceMode;
+}
+
+export interface ShareSource {
+  config: ContainerConfig;
+  /** Undefined keeps each volume's own mode. */
+  mode: Mode | undefined;
+}
+
+/**
+ * Docker's `--volumes-from` rules: every volume of each source at the same path,
+ * including those the source itself shares from others; sources apply in order and a
+ * later one wins a path; `ro` makes everything read-only while `rw` never makes a
+ * read-only volume writable (the modes are ANDed).
+ */
+export function sharedMounts(sources: readonly ShareSource[]): VolumeMount[] {
+  const byPath = new Map<string, VolumeMount>();
+  for (const { config, mode } of sources) {
+    for (const volume of config.volumes) {
+      byPath.set(volume.path, {
+        path: volume.path,
+        volumeId: volume.volumeId,
+        mode: sharedMode(volume.mode, mode),
+        origin: { from: config.id },
+      });
+    }
+  }
+  return [...byPath.values()];
 }
