@@ -2,7 +2,7 @@ import path from 'node:path';
 import { ContainerVolumesError } from './errors.js';
 import type { Context } from './context.js';
 import { debugRuntime } from './debug.js';
-import { applyPlan, mountedOf, planMounts, removePlan } from './mount-plan.js';
+import { applyPlan, checkPlaces, mountedOf, placeMounts, removePlan } from './mount-plan.js';
 import { checkMountPointsFree, holderOf } from './mount-owners.js';
 import { checkReadOnlyParents } from './read-only-parents.js';
 import { checkRootfs } from './rootfs/check-rootfs.js';
@@ -44,6 +44,7 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
   const shared = sharedMounts(await readSources(ctx, request.volumesFrom));
   // A path a shared volume already covers gets no new volume: the shared data stays visible (Docker).
   const anonymous = request.paths.filter((path) => !shared.some((s) => s.path === path));
+  checkPlaces(rootfs, [...shared.map((s) => s.path), ...anonymous]);
   const id = newId();
   const created = await makeVolumes(ctx, id, rootfs, anonymous, request.copyUp);
   const config: ContainerConfig = {
@@ -91,7 +92,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'mount');
   await checkVolumesExist(ctx, config);
-  const plan = planMounts(config, (id) => ctx.store.volumeDir(id));
+  const plan = placeMounts(config, (id) => ctx.store.volumeDir(id));
   const guard = () => ctx.store.assertLocked();
   // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
   const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];
@@ -137,7 +138,7 @@ export async function unmountContainer(ctx: Context, config: ContainerConfig): P
   if (where === 'nowhere') return config.mounted ? markUnmounted(ctx, config) : config;
   await removePlan(
     ctx.mounter,
-    planMounts(config, (id) => ctx.store.volumeDir(id)),
+    placeMounts(config, (id) => ctx.store.volumeDir(id)),
     () => ctx.store.assertLocked(),
     async (mount) => (await holderOf(ctx, config.rootfs, mount, config.id)) !== undefined,
   );
@@ -156,7 +157,7 @@ async function markUnmounted(ctx: Context, config: ContainerConfig): Promise<Con
  * of a shared rootfs (same propagation group), which go with them.
  */
 function ownMounts(config: ContainerConfig, mounts: readonly MountedVolume[], volumeDir: (id: string) => string): Set<MountedVolume> {
-  const at = new Set(planMounts(config, volumeDir).map((r) => path.join(r.rootfs, r.path)));
+  const at = new Set(placeMounts(config, volumeDir).map((r) => path.join(r.rootfs, r.path)));
   const own = mounts.filter((m) => at.has(m.path));
   const groups = new Set(own.flatMap((m) => (m.propagation ?? []).filter((t) => t.startsWith('shared:')).map((t) => t.slice('shared:'.length))));
   const copies = mounts.filter((m) => (m.propagation ?? []).some((t) => groups.has(t.slice(t.indexOf(':') + 1))));

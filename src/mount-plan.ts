@@ -2,17 +2,50 @@ import fs from 'node:fs/promises';
 import { ContainerVolumesError } from './errors.js';
 import { debugMount } from './debug.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter/mounter.js';
+import { landRequests } from './mounter/mount-target.js';
+import { VOLUME_MOUNT_FLAGS } from './rules/mount-options.js';
 import { compareParentsFirst, isBelow } from './rules/volume-path.js';
 import type { ContainerConfig } from './store/container-config.js';
 
 /**
- * A container's mounts as data, parents first: computed from its configuration alone,
- * executed by a Mounter, and comparable in tests.
+ * A container's mounts as data, parents first, at the paths its configuration gives:
+ * computed from the configuration alone, comparable in tests, and what the exporters
+ * turn into OCI `mounts` or LXC entries (a runtime resolves those paths in the rootfs
+ * itself). Every mount's options follow from its mode (`volumeMountOptions`).
  */
-export function planMounts(config: ContainerConfig, volumeDir: (volumeId: string) => string): MountRequest[] {
-  return config.volumes
-    .map((v) => ({ source: volumeDir(v.volumeId), rootfs: config.rootfs, path: v.path, mode: v.mode }))
+export function planMounts(container: Pick<ContainerConfig, 'rootfs' | 'volumes'>, volumeDir: (volumeId: string) => string): MountRequest[] {
+  return container.volumes
+    .map((v) => ({ source: volumeDir(v.volumeId), rootfs: container.rootfs, path: v.path, mode: v.mode }))
     .sort((a, b) => compareParentsFirst(a.path, b.path));
+}
+
+/**
+ * The plan as this host mounts it: each path where it lands in the rootfs as the rootfs
+ * is now (see `landRequests`), parents first. A rootfs that cannot be walked keeps the
+ * paths as given: unmounting and recovery must still be able to judge such a container,
+ * and mounting it fails in the mounter, which names the rootfs.
+ */
+/**
+ * Refuses volume paths of one container that would land on one directory of its rootfs
+ * or on the rootfs itself (see `landRequests`), before anything is made for them.
+ */
+export function checkPlaces(rootfs: string, paths: readonly string[]): void {
+  try {
+    landRequests(paths.map((path) => ({ rootfs, path })));
+  } catch (error) {
+    if (error instanceof ContainerVolumesError && error.code === 'ERR_INVALID_ROOTFS') return;
+    throw error;
+  }
+}
+
+export function placeMounts(container: Pick<ContainerConfig, 'rootfs' | 'volumes'>, volumeDir: (volumeId: string) => string): MountRequest[] {
+  const plan = planMounts(container, volumeDir);
+  try {
+    return landRequests(plan).sort((a, b) => compareParentsFirst(a.path, b.path));
+  } catch (error) {
+    if (error instanceof ContainerVolumesError && error.code === 'ERR_INVALID_ROOTFS') return plan;
+    throw error;
+  }
 }
 
 /**
@@ -95,7 +128,7 @@ export async function applyPlan(
 
 /** Whether a mount shows the options every volume mount gets (when the mounter tells them). */
 export function isComplete(mount: MountedVolume): boolean {
-  return mount.options === undefined || (mount.options.includes('nosuid') && mount.options.includes('nodev'));
+  return mount.options === undefined || VOLUME_MOUNT_FLAGS.every((flag) => mount.options?.includes(flag));
 }
 
 async function mountBatch(

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Context } from './context.js';
 import { ContainerVolumesError } from './errors.js';
-import { applyPlan, isComplete, mountedOf, mountedThere, planMounts } from './mount-plan.js';
+import { applyPlan, isComplete, mountedOf, mountedThere, placeMounts } from './mount-plan.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
 import type { ContainerConfig } from './store/container-config.js';
 import type { RecoveryReport } from './recover.js';
@@ -37,7 +37,7 @@ export async function recoverMounts(
   // its conflicts, only wanted as they are.
   const wanted = [
     ...(await withoutConflicts(ctx, configs.filter((c) => !elsewhere.has(c.id)), report)),
-    ...configs.filter((c) => elsewhere.has(c.id)).map((config) => ({ config, plan: planMounts(config, (id) => ctx.store.volumeDir(id)) })),
+    ...configs.filter((c) => elsewhere.has(c.id)).map((config) => ({ config, plan: placeMounts(config, (id) => ctx.store.volumeDir(id)) })),
   ];
   const groups = byRootfs(configs);
   const rootfsSet = new Set(configs.map((c) => c.rootfs));
@@ -89,7 +89,7 @@ const hostPathOf = (request: MountRequest) => path.join(request.rootfs, request.
  * marked mounted, for its owner to unmount.
  */
 async function withoutConflicts(ctx: Context, configs: readonly ContainerConfig[], report: RecoveryReport): Promise<Wanted[]> {
-  const all = configs.filter((c) => c.mounted).map((config) => ({ config, plan: planMounts(config, (id) => ctx.store.volumeDir(id)) }));
+  const all = configs.filter((c) => c.mounted).map((config) => ({ config, plan: placeMounts(config, (id) => ctx.store.volumeDir(id)) }));
   const byHost = new Map<string, Wanted[]>();
   for (const w of all) for (const r of w.plan) byHost.set(hostPathOf(r), [...(byHost.get(hostPathOf(r)) ?? []), w]);
   // Two mounts meet at one host path or when one is above the other: looking up each

@@ -1,11 +1,11 @@
 import { ContainerVolumesError, isErrnoException } from './errors.js';
 import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
 import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
+import { checkPlaces } from './mount-plan.js';
 import { checkReadOnlyParents } from './read-only-parents.js';
-import { sharedMounts } from './rules/volumes-from.js';
+import { checkMode, sharedMounts } from './rules/volumes-from.js';
 import { checkReference } from './rules/ids.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
-import { checkMode } from './rules/volumes-from.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
 import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
 import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
@@ -47,6 +47,7 @@ export class VolumeManager {
       const config = await this.#changeable(containerId);
       const taken = clean.find((path) => config.volumes.some((v) => v.path === path));
       if (taken) throw duplicate(containerId, taken);
+      checkPlaces(config.rootfs, [...config.volumes.map((v) => v.path), ...clean]);
       const created = await makeVolumes(ctx, containerId, config.rootfs, clean, copyUp);
       const changed = { ...config, volumes: sortVolumes([...config.volumes, ...created]) };
       try {
@@ -79,6 +80,7 @@ export class VolumeManager {
       const added = sharedMounts(await readSources(ctx, [{ containerId: sourceId, mode }]));
       const taken = added.find((s) => config.volumes.some((v) => v.path === s.path));
       if (taken) throw duplicate(containerId, taken.path);
+      checkPlaces(config.rootfs, [...config.volumes, ...added].map((v) => v.path));
       const changed = { ...config, volumes: sortVolumes([...config.volumes, ...added]) };
       checkReadOnlyParents(containerId, changed.volumes, (id) => ctx.store.volumeDir(id), config.rootfs);
       await ctx.store.writeContainer(changed, config);

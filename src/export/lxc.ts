@@ -1,4 +1,5 @@
-import { compareParentsFirst } from '../rules/volume-path.js';
+import { placeMounts } from '../mount-plan.js';
+import { volumeMountOptions } from '../rules/mount-options.js';
 import type { ContainerInfo } from '../types.js';
 
 /**
@@ -15,15 +16,16 @@ function fstabEscape(value: string): string {
 /**
  * The container's volumes as `lxc.mount.entry` config lines, parents before children
  * (LXC mounts entries in the order they appear). The destination is relative, so LXC
- * joins it to the container's rootfs and (safe_mount) refuses a symlink on the way, as
- * the library's own mounters do; `create=dir` makes a missing mount point, as they do.
+ * joins it to the container's rootfs; LXC refuses a symlink on the way (safe_mount)
+ * where Docker follows it inside the rootfs, so each destination is where the path
+ * lands in the rootfs as it is now, symlinks followed there (`/var/run/x` is written
+ * `run/x` when `/var/run -> ../run`). `create=dir` makes a missing mount point, as
+ * BindMounter does.
  */
 export function lxcMountEntries(container: ContainerInfo, hostPathOf: (volumeId: string) => string): string[] {
-  return [...container.volumes]
-    .sort((a, b) => compareParentsFirst(a.path, b.path))
-    .map((volume) => {
-      const source = fstabEscape(hostPathOf(volume.volumeId));
-      const destination = fstabEscape(volume.path.slice(1));
-      return `lxc.mount.entry = ${source} ${destination} none bind,create=dir,${volume.mode},nosuid,nodev 0 0`;
-    });
+  return placeMounts(container, hostPathOf).map((mount) => {
+    const source = fstabEscape(mount.source);
+    const destination = fstabEscape(mount.path.slice(1));
+    return `lxc.mount.entry = ${source} ${destination} none ${['bind', 'create=dir', ...volumeMountOptions(mount.mode)].join(',')} 0 0`;
+  });
 }

@@ -1,4 +1,5 @@
-import { compareParentsFirst } from '../rules/volume-path.js';
+import { planMounts } from '../mount-plan.js';
+import { VOLUME_MOUNT_PROPAGATION, volumeMountOptions } from '../rules/mount-options.js';
 import type { ContainerInfo } from '../types.js';
 
 /** One entry of the `mounts` array of an OCI runtime-spec `config.json`. */
@@ -12,22 +13,22 @@ export interface OciMount {
 /**
  * The container's volumes as OCI `mounts` entries, parents before children, for a
  * runtime such as runc to apply itself in the container's own mount namespace.
- * `hostPathOf` gives a volume's directory on the host.
+ * `hostPathOf` gives a volume's directory on the host. Destinations are the paths the
+ * configuration gives: runc resolves them inside the rootfs, following symlinks there
+ * and never out of it, as BindMounter does, so both land on the same directory.
  */
 export function ociMounts(container: ContainerInfo, hostPathOf: (volumeId: string) => string): OciMount[] {
-  return [...container.volumes]
-    .sort((a, b) => compareParentsFirst(a.path, b.path))
-    .map((volume) => ({
-      destination: volume.path,
-      type: 'bind',
-      source: hostPathOf(volume.volumeId),
-      // 'bind', not 'rbind': runc (1.1) applies 'ro' by remounting the top mount
-      // only, so with 'rbind' anything mounted inside a volume directory on the host
-      // would reach the container writable, and without nosuid/nodev, even through a
-      // ':ro' share (checked with runc 1.1.5, test/real/runc.test.ts). Nested volumes
-      // do not need recursion: each is its own entry, and runc mounts them in order,
-      // the child inside the container on top of the parent's bind. BindMounter's
-      // mounts are non-recursive too, so both ways of mounting give the same view.
-      options: ['bind', volume.mode, 'nosuid', 'nodev', 'rprivate'],
-    }));
+  return planMounts(container, hostPathOf).map((mount) => ({
+    destination: mount.path,
+    type: 'bind',
+    source: mount.source,
+    // 'bind', not 'rbind': runc (1.1) applies 'ro' by remounting the top mount
+    // only, so with 'rbind' anything mounted inside a volume directory on the host
+    // would reach the container writable, and without nosuid/nodev, even through a
+    // ':ro' share (checked with runc 1.1.5, test/real/runc.test.ts). Nested volumes
+    // do not need recursion: each is its own entry, and runc mounts them in order,
+    // the child inside the container on top of the parent's bind. BindMounter's
+    // mounts are non-recursive too, so both ways of mounting give the same view.
+    options: ['bind', ...volumeMountOptions(mount.mode), `r${VOLUME_MOUNT_PROPAGATION}`],
+  }));
 }

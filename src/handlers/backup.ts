@@ -10,7 +10,7 @@ import { type Context, optionsObject } from '../context.js';
 import { checkVolumesExist, createContainer, removeContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
-import { planMounts } from '../mount-plan.js';
+import { placeMounts } from '../mount-plan.js';
 import { checkReference, isId } from '../rules/ids.js';
 import { isBelow, normalizeVolumePath } from '../rules/volume-path.js';
 import type { ContainerConfig } from '../store/container-config.js';
@@ -102,7 +102,7 @@ export async function backup(ctx: Context, containerId: string, destination: unk
         tar.push(`--directory=${scratch}`, MANIFEST_NAME);
         // GNU tar refuses a --directory with no member after it.
         if (members.length > 0) tar.push(`--directory=${container.rootfs}`, '--', ...members);
-        const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
+        const plan = placeMounts(container, (id) => ctx.store.volumeDir(id));
         const warnings = await runTar(plan, tar, {
           stdout: output.createWriteStream(),
           bytesTotal,

@@ -7,7 +7,7 @@ import { optionsObject } from '../context.js';
 import { createContainer } from '../containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
-import { planMounts } from '../mount-plan.js';
+import { placeMounts } from '../mount-plan.js';
 import { checkReference } from '../rules/ids.js';
 import { checkMode } from '../rules/volumes-from.js';
 import { currentBootId } from '../store/boot-id.js';
@@ -190,7 +190,7 @@ export async function recordHandlerNamespace(ctx: Context, containerId: string, 
 }
 
 async function runCommand(ctx: Context, container: ContainerConfig, targetId: string, spec: CommandHandler): Promise<CommandResult> {
-  const plan = planMounts(container, (id) => ctx.store.volumeDir(id));
+  const plan = placeMounts(container, (id) => ctx.store.volumeDir(id));
   const mounts = await privateMounts(plan, (init) => recordHandlerNamespace(ctx, container.id, init));
   try {
     const subprocess = mounts.run(

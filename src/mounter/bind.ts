@@ -2,7 +2,8 @@ import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
-import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
+import { landingPath } from '../rootfs/open-in-rootfs.js';
+import { checkListedDir, checkMountRequest, checkMountTarget, landRequests } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSources, readMountinfo } from './mountinfo.js';
 import { OWN_NAMESPACE, namespaceOfProcess, type Namespace } from './target-namespace.js';
@@ -24,8 +25,10 @@ export function bindMounterIn(pid: number): BindMounter {
 /**
  * Linux bind mounts of volume directories into container root filesystems. Needs root
  * (CAP_SYS_ADMIN in the caller's mount namespace). Every mount is `nosuid,nodev`,
- * read-only where its mode is `ro` (verified, never assumed) and private, and lands
- * inside the rootfs whatever symlinks the rootfs holds.
+ * read-only where its mode is `ro` (verified, never assumed) and private. A path is
+ * resolved inside the rootfs as the container will see it: symlinks there are
+ * followed, but never out of the rootfs (`/var/run -> ../run` mounts at `<rootfs>/run`,
+ * a link to `/data` means `<rootfs>/data`).
  */
 export class BindMounter implements Mounter {
   mount(request: MountRequest): Promise<void> {
@@ -39,13 +42,13 @@ export class BindMounter implements Mounter {
   async mountAll(requests: readonly MountRequest[]): Promise<void> {
     if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
     requests.forEach(checkMountRequest);
-    await mountWithUtilLinux(namespaceOf(this), requests);
+    await mountWithUtilLinux(namespaceOf(this), landRequests(requests));
   }
 
   async unmountAll(targets: readonly MountTarget[]): Promise<void> {
     if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'unmountAll takes an array of mount targets');
     targets.forEach(checkMountTarget);
-    await unmountWithUtilLinux(namespaceOf(this), targets);
+    await unmountWithUtilLinux(namespaceOf(this), targets.flatMap(landed));
   }
 
   async list(dir: string): Promise<MountedVolume[]> {
@@ -83,6 +86,22 @@ export class BindMounter implements Mounter {
     if (namespaceOf(this) !== OWN_NAMESPACE || !existsSync(STAGING)) return;
     await clearStaging(await readMountinfo());
   }
+}
+
+/**
+ * Where a target lands in its rootfs; nowhere a volume can be mounted when that is the
+ * rootfs itself or the way there holds a file or a symlink loop: nothing to unmount.
+ */
+function landed(target: MountTarget): MountTarget[] {
+  let at: string;
+  try {
+    at = landingPath(target.rootfs, target.path);
+  } catch (error) {
+    if (error instanceof ContainerVolumesError && (error.code === 'ERR_MOUNT_POINT_NOT_DIRECTORY' || error.code === 'ERR_PATH_ESCAPES_ROOTFS')) return [];
+    throw error;
+  }
+  if (at === '/') return [];
+  return at === target.path ? [target] : [{ ...target, path: at }];
 }
 
 function namespaceOf(mounter: BindMounter): Namespace {

@@ -1,4 +1,5 @@
 import { ContainerVolumesError, describe } from '../errors.js';
+import { landingPath } from '../rootfs/open-in-rootfs.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import { checkMode } from '../rules/volumes-from.js';
 import type { MountRequest, MountTarget } from './mounter.js';
@@ -34,4 +35,31 @@ export function checkMountRequest(request: MountRequest): void {
   if (checkMode(request.mode, `the mount at ${request.path}`) === undefined) {
     throw new ContainerVolumesError('ERR_INVALID_MODE', `the mount at ${request.path} has no mode: must be 'ro' or 'rw'`);
   }
+}
+
+/**
+ * Each request at the path where it lands inside its rootfs: symlinks in the rootfs
+ * followed there, as the container will see them (see `openInRootfs`). Two requests
+ * landing on one directory of one rootfs would stack one volume on the other:
+ * ERR_DUPLICATE_MOUNT_POINT. One landing on the rootfs itself (a link to `/`) would
+ * cover the whole container: ERR_INVALID_VOLUME_PATH.
+ */
+export function landRequests<T extends MountTarget>(requests: readonly T[]): T[] {
+  const taken = new Map<string, string>();
+  return requests.map((request) => {
+    const landed = landingPath(request.rootfs, request.path);
+    if (landed === '/') {
+      throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${request.path} in rootfs ${request.rootfs}: through its symlinks it is the rootfs itself`);
+    }
+    const key = `${request.rootfs}\0${landed}`;
+    const other = taken.get(key);
+    if (other !== undefined) {
+      throw new ContainerVolumesError(
+        'ERR_DUPLICATE_MOUNT_POINT',
+        `volume paths ${other} and ${request.path} in rootfs ${request.rootfs} are one directory (${landed}) through its symlinks`,
+      );
+    }
+    taken.set(key, request.path);
+    return landed === request.path ? request : { ...request, path: landed };
+  });
 }

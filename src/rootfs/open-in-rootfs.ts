@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 
 /** O_PATH is not in fs.constants; this value holds on x86-64 and arm64. */
@@ -20,17 +21,27 @@ export interface PinnedDirectory {
 }
 
 /**
+ * The kernel's limit on symlinks followed in one lookup (MAXSYMLINKS,
+ * include/linux/namei.h): more is a loop, or a chain nobody meant.
+ */
+const MAX_SYMLINKS = 40;
+
+/**
  * Opens the directory at `containerPath` inside `rootfs` (`/` is the rootfs itself),
  * `create` making missing directories (0755). Returns null when a component is missing
  * and `create` is false.
  *
- * No symlink is followed, neither in the rootfs's own host path nor in the container
- * path: a symlink is ERR_PATH_ESCAPES_ROOTFS (the rootfs's: ERR_INVALID_ROOTFS). So a
- * volume sits exactly at `<rootfs><path>`, two paths can never alias one mount point,
- * and a rootfs replaced by a symlink after `create` cannot steer a mount onto the host.
- * Every step opens `/proc/self/fd/<parent>/<name>` with O_NOFOLLOW, so a component
- * swapped for a symlink after it was checked fails instead of redirecting the walk
- * (the CVE-2021-30465 class of race).
+ * The path is resolved as the container will see it, the way Docker, Podman and runc
+ * resolve a mount destination: symlinks in the rootfs are followed, but an absolute link
+ * target starts again from the rootfs and `..` never climbs above it (a link
+ * `/srv -> /data` means `<rootfs>/data`, never the host's `/data`). The rootfs's own
+ * host path follows no symlink (ERR_INVALID_ROOTFS), so a rootfs replaced by a symlink
+ * after `create` cannot steer a mount onto the host.
+ *
+ * Each step opens `/proc/self/fd/<parent>/<name>` with O_NOFOLLOW, and a symlink is read
+ * and its target walked the same way from the rootfs or the current directory, so a
+ * component swapped for a symlink after it was checked can only redirect the walk to
+ * another place inside the rootfs (the CVE-2021-30465 class of race).
  *
  * The calls are synchronous on purpose: the walk juggles raw descriptors, and each
  * step is a single local system call.
@@ -38,23 +49,87 @@ export interface PinnedDirectory {
 export function openInRootfs(rootfs: string, containerPath: string, create: true, fsRoot?: string): PinnedDirectory;
 export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot?: string): PinnedDirectory | null;
 export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot = '/'): PinnedDirectory | null {
+  const walked = walkInRootfs(rootfs, containerPath, create, fsRoot);
+  if (walked.missing.length > 0) {
+    fs.closeSync(walked.fd);
+    return null;
+  }
+  return pin(walked.fd, walked.rootHostPath, rootfs, containerPath);
+}
+
+/**
+ * Where `containerPath` lands inside `rootfs` once its symlinks are followed there: a
+ * clean container path, `/` when it is the rootfs itself. What does not exist yet is
+ * appended as given, `..` clamped at the root. Creates nothing.
+ */
+export function landingPath(rootfs: string, containerPath: string): string {
+  const walked = walkInRootfs(rootfs, containerPath, false, '/');
+  try {
+    const reached = insideRootfs(walked.fd, walked.rootHostPath, rootfs, containerPath).slice(walked.rootHostPath.length);
+    return path.posix.resolve('/', `.${reached}`, ...walked.missing);
+  } finally {
+    fs.closeSync(walked.fd);
+  }
+}
+
+interface Walked {
+  /** The deepest directory reached. */
+  fd: number;
+  rootHostPath: string;
+  /** The components left when one was missing (and not created): empty when the whole path was found. */
+  missing: string[];
+}
+
+function walkInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot: string): Walked {
   if (containerPath.split('/').includes('..')) {
     throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(containerPath)}: must not contain '..' segments`);
   }
-  let fd = openRootfs(rootfs, fsRoot);
-  const rootHostPath = hostPathOf(fd);
+  // The directories walked through, the rootfs first: `..` goes back one, never past the rootfs.
+  const stack = [openRootfs(rootfs, fsRoot)];
+  const root = stack[0] as number;
+  const rootHostPath = hostPathOf(root);
+  const pending = components(containerPath);
+  let links = 0;
   try {
-    for (const name of components(containerPath)) {
-      const next = openChild(fd, name, create, rootfs, containerPath);
-      fs.closeSync(fd);
-      if (next === null) return null;
-      fd = next;
+    for (let name = pending.shift(); name !== undefined; name = pending.shift()) {
+      if (name === '..') {
+        if (stack.length > 1) fs.closeSync(stack.pop() as number);
+        continue;
+      }
+      const step = openStep(stack[stack.length - 1] as number, name, create, rootfs, containerPath);
+      if (step === null) return { fd: stack.pop() as number, rootHostPath, missing: [name, ...pending] };
+      if (typeof step === 'number') {
+        stack.push(step);
+        continue;
+      }
+      if (++links > MAX_SYMLINKS) {
+        throw new ContainerVolumesError(
+          'ERR_PATH_ESCAPES_ROOTFS',
+          `refusing ${containerPath} in rootfs ${rootfs}: more than ${MAX_SYMLINKS} symlinks on the way (a loop?)`,
+        );
+      }
+      if (step.link.startsWith('/')) while (stack.length > 1) fs.closeSync(stack.pop() as number);
+      pending.unshift(...components(step.link));
     }
-  } catch (error) {
-    fs.closeSync(fd);
-    throw error;
+    return { fd: stack.pop() as number, rootHostPath, missing: [] };
+  } finally {
+    for (const fd of stack) fs.closeSync(fd);
   }
-  return pin(fd, rootHostPath, rootfs, containerPath);
+}
+
+/** Opens (or creates) `name` in `dirFd` as a directory, or reads it as a symlink to follow; null when missing and not created. */
+function openStep(dirFd: number, name: string, create: boolean, rootfs: string, containerPath: string): number | { link: string } | null {
+  const child = `/proc/self/fd/${dirFd}/${name}`;
+  try {
+    return openChild(dirFd, name, create, rootfs, containerPath);
+  } catch (error) {
+    if (!(error instanceof ContainerVolumesError) || error.code !== 'ERR_PATH_ESCAPES_ROOTFS') throw error;
+    try {
+      return { link: fs.readlinkSync(child) };
+    } catch {
+      throw error; // no longer a symlink: it changed while it was being resolved
+    }
+  }
 }
 
 /**
@@ -128,7 +203,7 @@ function notADirectory(error: unknown, child: string, rootfs: string, containerP
     return new ContainerVolumesError('ERR_MOUNT_POINT_NOT_DIRECTORY', `cannot use ${containerPath} in rootfs ${rootfs}: ${name} is not a directory`);
   }
   // A symlink, or a directory (or nothing) by now: it was a symlink when we opened it, swapped since.
-  const why = now?.isSymbolicLink() ? 'is a symlink, and no symlink is followed on a volume path' : 'changed while it was being resolved';
+  const why = now?.isSymbolicLink() ? 'is a symlink, not followed here' : 'changed while it was being resolved';
   return new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `refusing ${containerPath} in rootfs ${rootfs}: ${name} ${why}`);
 }
 
@@ -173,15 +248,24 @@ export function hostPathOf(fd: number): string {
 
 /** Belt and braces: the kernel must agree that the directory is the rootfs or inside it. */
 function pin(fd: number, rootHostPath: string, rootfs: string, containerPath: string): PinnedDirectory {
+  try {
+    const hostPath = insideRootfs(fd, rootHostPath, rootfs, containerPath);
+    return { fd, hostPath, procPath: procPathOf(fd), close: () => fs.closeSync(fd) };
+  } catch (error) {
+    fs.closeSync(fd);
+    throw error;
+  }
+}
+
+function insideRootfs(fd: number, rootHostPath: string, rootfs: string, containerPath: string): string {
   const hostPath = hostPathOf(fd);
   if (hostPath !== rootHostPath && !hostPath.startsWith(`${rootHostPath}/`)) {
-    fs.closeSync(fd);
     throw new ContainerVolumesError(
       'ERR_PATH_ESCAPES_ROOTFS',
       `refusing ${containerPath} in rootfs ${rootfs}: it resolves to ${hostPath}, outside the rootfs`,
     );
   }
-  return { fd, hostPath, procPath: procPathOf(fd), close: () => fs.closeSync(fd) };
+  return hostPath;
 }
 
 export function procPathOf(fd: number): string {

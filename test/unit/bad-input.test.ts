@@ -677,7 +677,8 @@ describe('runtime.create(spec)', () => {
       [
         { name: 'a regular file', at: '/etc/hostname', code: 'ERR_MOUNT_POINT_NOT_DIRECTORY' as const },
         { name: 'below a regular file', at: '/etc/hostname/x', code: 'ERR_MOUNT_POINT_NOT_DIRECTORY' as const },
-        { name: 'a symlink resolving to the rootfs itself', at: '/up', code: 'ERR_PATH_ESCAPES_ROOTFS' as const },
+        { name: 'a symlink resolving to the rootfs itself', at: '/up', code: 'ERR_INVALID_VOLUME_PATH' as const },
+        { name: 'the directory of another path through a symlink', at: '/up/data', code: 'ERR_DUPLICATE_MOUNT_POINT' as const },
       ].flatMap(({ name, at, code }) =>
         [true, false].map(
           (copyUp): Case => ({
@@ -782,7 +783,8 @@ describe('createVolumes(containerId, paths, options)', () => {
         ['a regular file, copyUp: false', ['/etc/hostname'], { copyUp: false }, '/etc/hostname', 'ERR_MOUNT_POINT_NOT_DIRECTORY'],
         ['below a regular file', ['/etc/hostname/x'], undefined, '/etc/hostname/x', 'ERR_MOUNT_POINT_NOT_DIRECTORY'],
         ['good paths, then a regular file', ['/a', '/b', '/etc/hostname'], undefined, '/etc/hostname', 'ERR_MOUNT_POINT_NOT_DIRECTORY'],
-        ['a symlink to the rootfs itself', ['/new', '/up'], undefined, '/up', 'ERR_PATH_ESCAPES_ROOTFS'],
+        ['a symlink to the rootfs itself', ['/new', '/up'], undefined, '/up', 'ERR_INVALID_VOLUME_PATH'],
+        ['two paths that are one directory through a symlink', ['/new', '/up/new'], undefined, '/up/new', 'ERR_DUPLICATE_MOUNT_POINT'],
       ] as const
     ).map(([name, paths, options, at, code]) => ({
       name,

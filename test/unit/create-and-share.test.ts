@@ -63,7 +63,7 @@ describe('create: volumes made with a container (seed §1)', () => {
     expect(await fs.readdir(path.join(root, 'volumes', c.volumes[0]!.volumeId))).toEqual([]);
   });
 
-  test('copy-up never follows a symlink: a volume path through one is refused and nothing is copied or created', async () => {
+  test('copy-up follows a symlink inside the rootfs only: an absolute link names a path in the rootfs, never on the host', async () => {
     const { runtime, root, rootfs, dir } = await sandbox();
     const secret = path.join(dir, 'host-secret');
     await fs.mkdir(secret);
@@ -71,12 +71,18 @@ describe('create: volumes made with a container (seed §1)', () => {
     const fsRoot = await rootfs('evil');
     await fs.symlink(secret, path.join(fsRoot, 'data'));
     await fs.symlink('/', path.join(fsRoot, 'up'));
-    await runtime.volumes.prune();
-    const before = await snapshotTree(root);
-    const error = await expectCode(runtime.create({ rootfs: fsRoot, volumes: ['/data'] }), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect(error.message).toMatch(/data is a symlink/);
-    await expectCode(runtime.create({ rootfs: fsRoot, volumes: [`/up${secret}`] }), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect(await snapshotTree(root)).toEqual(before);
+    await fs.mkdir(path.join(fsRoot, 'real'));
+    await fs.writeFile(path.join(fsRoot, 'real/inside'), 'rootfs data');
+    await fs.symlink('../../real', path.join(fsRoot, 'climb'));
+    const c = await runtime.create({ rootfs: fsRoot, volumes: ['/data', `/up${secret}/x`, '/climb'] });
+    const content = async (p: string) => fs.readdir(path.join(root, 'volumes', c.volumes.find((v) => v.path === p)!.volumeId));
+    // `/data -> <secret>` means <rootfs><secret>, which does not exist: nothing is copied.
+    expect(await content('/data')).toEqual([]);
+    expect(await content(`/up${secret}/x`)).toEqual([]);
+    // `..` above the rootfs stays at its root: `/climb -> ../../real` is <rootfs>/real.
+    expect(await content('/climb')).toEqual(['inside']);
+    expect(c.volumes.map((v) => v.path).sort()).toEqual(['/climb', '/data', `/up${secret}/x`].sort());
+    await expect(fs.readdir(secret)).resolves.toEqual(['shadow']);
   });
 
   test('a path that is a regular file in the rootfs cannot take a volume, and nothing is created', async () => {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { ContainerVolumesError, MountCommandError } from '../../errors.js';
 import { debugMount } from '../../debug.js';
 import { O_PATH_DIRECTORY, hostPathOf, openBelow, openChild, openInRootfs, procPathOf, type PinnedDirectory } from '../../rootfs/open-in-rootfs.js';
+import { VOLUME_MOUNT_PROPAGATION, volumeMountOptions } from '../../rules/mount-options.js';
 import { isBelow } from '../../rules/volume-path.js';
 import { mountIdOf, sameInode } from '../identity.js';
 import type { MountRequest, MountTarget } from '../mounter.js';
@@ -271,7 +272,7 @@ function openSource(ns: Namespace, request: MountRequest): number {
 /** Applies `nosuid,nodev`, the mode and private propagation to every mount made, in one `mount -a`. */
 async function remount(ns: Namespace, made: readonly MadeMount[]): Promise<void> {
   if (made.length === 0) return;
-  const lines = made.map((m) => `none ${procPathOf(m.fd)} none remount,bind,nosuid,nodev,${m.request.mode},private 0 0`);
+  const lines = made.map((m) => `none ${procPathOf(m.fd)} none ${['remount', 'bind', ...volumeMountOptions(m.request.mode), VOLUME_MOUNT_PROPAGATION].join(',')} 0 0`);
   const result = await withFstab(lines, (fstab) => run(ns, ['mount', '-a', '--no-canonicalize', '-T', fstab]));
   if (result.exitCode !== 0) debugMount('remount exited %d: %s', result.exitCode, result.stderr);
 }
@@ -282,7 +283,7 @@ async function verify(ns: Namespace, made: readonly MadeMount[]): Promise<void> 
   const byId = new Map((await readMountinfo(ns.mountinfo)).map((e) => [e.id, e]));
   for (const m of made) {
     const entry = byId.get(mountIdOf(m.fd));
-    const wanted = ['nosuid', 'nodev', m.request.mode];
+    const wanted = volumeMountOptions(m.request.mode);
     const missing = wanted.filter((option) => !entry?.options.includes(option));
     // A tree moved under a shared mount point joins its peer group: that is how its copies follow it.
     const moved = made.some((a) => a.staged && a.request.rootfs === m.request.rootfs && (a === m || isBelow(m.request.path, a.request.path)));
@@ -291,7 +292,7 @@ async function verify(ns: Namespace, made: readonly MadeMount[]): Promise<void> 
     const shows = entry ? `${entry.options.join(',')} ${entry.propagation.join(' ')}`.trim() : 'no mount';
     throw new ContainerVolumesError(
       'ERR_MOUNT_FAILED',
-      `${describeMount(m.request)}: /proc/self/mountinfo does not show ${[...missing, 'private'].join(',')} in effect (it shows ${shows})`,
+      `${describeMount(m.request)}: /proc/self/mountinfo does not show ${[...missing, VOLUME_MOUNT_PROPAGATION].join(',')} in effect (it shows ${shows})`,
     );
   }
 }
