@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { Context } from './context.js';
 import { ContainerVolumesError } from './errors.js';
 import type { MountedVolume, MountRequest } from './mounter/mounter.js';
+import { landingPath } from './rootfs/open-in-rootfs.js';
 import { isBelow } from './rules/volume-path.js';
 import { isId } from './rules/ids.js';
 import type { ContainerConfig } from './store/container-config.js';
@@ -40,10 +41,20 @@ export async function holderOf(
       if (error instanceof ContainerVolumesError && error.code === 'ERR_CONTAINER_NOT_FOUND') return undefined;
       throw error;
     });
-    const use = config?.mounted ? config.volumes.find((v) => v.volumeId === volumeId && path.join(config.rootfs, v.path) === at) : undefined;
+    if (!config?.mounted) continue;
+    // Where its volume lands in its rootfs, symlinks there followed, as it was mounted.
+    const use = config.volumes.find((v) => v.volumeId === volumeId && path.join(config.rootfs, landedOrGiven(config.rootfs, v.path)) === at);
     if (use) return { containerId, path: use.path };
   }
   return undefined;
+}
+
+function landedOrGiven(rootfs: string, containerPath: string): string {
+  try {
+    return landingPath(rootfs, containerPath);
+  } catch {
+    return containerPath; // a rootfs or path that cannot be walked any more: judged by the path given
+  }
 }
 
 /**

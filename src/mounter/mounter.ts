@@ -51,14 +51,16 @@ export interface MountedVolume {
  */
 export interface Mounter {
   /**
-   * Attaches `source` at exactly `<rootfs><path>`. No symlink may make the mount land
-   * anywhere else: BindMounter refuses any symlink on the path (ERR_PATH_ESCAPES_ROOTFS)
-   * or in the rootfs's own path (ERR_INVALID_ROOTFS). Missing directories on the way are created inside the
+   * Attaches `source` at `<rootfs><path>`, `path` resolved inside the rootfs as the
+   * container will see it: symlinks there followed, never out of the rootfs (an absolute
+   * link target or `..` is clamped to its root). BindMounter refuses a rootfs whose own
+   * host path holds a symlink (ERR_INVALID_ROOTFS), a path that lands on the rootfs
+   * itself (ERR_INVALID_VOLUME_PATH) and more than 40 links on the way
+   * (ERR_PATH_ESCAPES_ROOTFS). Missing directories on the way are created inside the
    * rootfs (below a read-only mount made earlier they cannot be:
    * ERR_MOUNT_POINT_READ_ONLY); a non-directory on the way is
-   * ERR_MOUNT_POINT_NOT_DIRECTORY. When the
-   * promise resolves the mount is in place with the requested mode in effect; when it
-   * rejects, nothing is left mounted by the call.
+   * ERR_MOUNT_POINT_NOT_DIRECTORY. When the promise resolves the mount is in place with
+   * the requested mode in effect; when it rejects, nothing is left mounted by the call.
    */
   mount(request: MountRequest): Promise<void>;
 

@@ -63,7 +63,7 @@ let viewsReady = false;
  * in use).
  */
 export async function prepareVolumeContent(rootfs: string, containerPath: string, volumeDir: string, copyUp: boolean) {
-  const source = openInRootfs(rootfs, containerPath, false);
+  const source = openInRootfs(rootfs, containerPath);
   if (source === null) return;
   try {
     if (!copyUp) return;

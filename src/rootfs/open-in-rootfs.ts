@@ -26,10 +26,23 @@ export interface PinnedDirectory {
  */
 const MAX_SYMLINKS = 40;
 
+/** How `openInRootfs` walks. */
+export interface WalkOptions {
+  /** Make missing directories (0755) instead of stopping at the first one missing. */
+  create?: boolean;
+  /**
+   * Follow symlinks inside the rootfs (default). Without it a symlink on the way is
+   * ERR_PATH_ESCAPES_ROOTFS: the mounters walk a path that was resolved already, and a
+   * link found there now was swapped in since.
+   */
+  follow?: boolean;
+  /** Where the host's `/` is: `/proc/<pid>/root` walks the file system as another mount namespace sees it. */
+  fsRoot?: string;
+}
+
 /**
- * Opens the directory at `containerPath` inside `rootfs` (`/` is the rootfs itself),
- * `create` making missing directories (0755). Returns null when a component is missing
- * and `create` is false.
+ * Opens the directory at `containerPath` inside `rootfs` (`/` is the rootfs itself).
+ * Returns null when a component is missing and `create` is not set.
  *
  * The path is resolved as the container will see it, the way Docker, Podman and runc
  * resolve a mount destination: symlinks in the rootfs are followed, but an absolute link
@@ -46,10 +59,10 @@ const MAX_SYMLINKS = 40;
  * The calls are synchronous on purpose: the walk juggles raw descriptors, and each
  * step is a single local system call.
  */
-export function openInRootfs(rootfs: string, containerPath: string, create: true, fsRoot?: string): PinnedDirectory;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot?: string): PinnedDirectory | null;
-export function openInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot = '/'): PinnedDirectory | null {
-  const walked = walkInRootfs(rootfs, containerPath, create, fsRoot);
+export function openInRootfs(rootfs: string, containerPath: string, options: WalkOptions & { create: true }): PinnedDirectory;
+export function openInRootfs(rootfs: string, containerPath: string, options?: WalkOptions): PinnedDirectory | null;
+export function openInRootfs(rootfs: string, containerPath: string, options: WalkOptions = {}): PinnedDirectory | null {
+  const walked = walkInRootfs(rootfs, containerPath, options);
   if (walked.missing.length > 0) {
     fs.closeSync(walked.fd);
     return null;
@@ -63,7 +76,7 @@ export function openInRootfs(rootfs: string, containerPath: string, create: bool
  * appended as given, `..` clamped at the root. Creates nothing.
  */
 export function landingPath(rootfs: string, containerPath: string): string {
-  const walked = walkInRootfs(rootfs, containerPath, false, '/');
+  const walked = walkInRootfs(rootfs, containerPath, {});
   try {
     const reached = insideRootfs(walked.fd, walked.rootHostPath, rootfs, containerPath).slice(walked.rootHostPath.length);
     return path.posix.resolve('/', `.${reached}`, ...walked.missing);
@@ -80,7 +93,7 @@ interface Walked {
   missing: string[];
 }
 
-function walkInRootfs(rootfs: string, containerPath: string, create: boolean, fsRoot: string): Walked {
+function walkInRootfs(rootfs: string, containerPath: string, { create = false, follow = true, fsRoot = '/' }: WalkOptions): Walked {
   if (containerPath.split('/').includes('..')) {
     throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(containerPath)}: must not contain '..' segments`);
   }
@@ -96,7 +109,7 @@ function walkInRootfs(rootfs: string, containerPath: string, create: boolean, fs
         if (stack.length > 1) fs.closeSync(stack.pop() as number);
         continue;
       }
-      const step = openStep(stack[stack.length - 1] as number, name, create, rootfs, containerPath);
+      const step = openStep(stack[stack.length - 1] as number, name, create, follow, rootfs, containerPath);
       if (step === null) return { fd: stack.pop() as number, rootHostPath, missing: [name, ...pending] };
       if (typeof step === 'number') {
         stack.push(step);
@@ -118,12 +131,12 @@ function walkInRootfs(rootfs: string, containerPath: string, create: boolean, fs
 }
 
 /** Opens (or creates) `name` in `dirFd` as a directory, or reads it as a symlink to follow; null when missing and not created. */
-function openStep(dirFd: number, name: string, create: boolean, rootfs: string, containerPath: string): number | { link: string } | null {
+function openStep(dirFd: number, name: string, create: boolean, follow: boolean, rootfs: string, containerPath: string): number | { link: string } | null {
   const child = `/proc/self/fd/${dirFd}/${name}`;
   try {
     return openChild(dirFd, name, create, rootfs, containerPath);
   } catch (error) {
-    if (!(error instanceof ContainerVolumesError) || error.code !== 'ERR_PATH_ESCAPES_ROOTFS') throw error;
+    if (!follow || !(error instanceof ContainerVolumesError) || error.code !== 'ERR_PATH_ESCAPES_ROOTFS') throw error;
     try {
       return { link: fs.readlinkSync(child) };
     } catch {

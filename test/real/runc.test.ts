@@ -90,6 +90,33 @@ function optionsAt(mountinfo: string, mountPoints: string[]): Record<string, str
 }
 
 describe('runc applies the exported OCI mounts itself', () => {
+  test('a volume path through symlinks of the image lands where runc puts it and where runtime.mount puts it', async () => {
+    const { runtime, volumeDir, rootfs, mountsOf } = await world();
+    const fsRoot = await rootfs('links');
+    await fs.mkdir(path.join(fsRoot, 'run'), { recursive: true });
+    await fs.mkdir(path.join(fsRoot, 'var'), { recursive: true });
+    await fs.symlink('../run', path.join(fsRoot, 'var/run'));
+    await fs.symlink('/data', path.join(fsRoot, 'srv'));
+    const c = await runtime.create({ rootfs: fsRoot, volumes: ['/var/run/postgresql', '/srv/www'] });
+    const mounts = await mountsOf(c.id);
+    // The configured paths go to runc, which resolves them inside the rootfs itself.
+    expect(mounts.map((m) => m.destination).sort()).toEqual(['/srv/www', '/var/run/postgresql']);
+    const ran = await runcRun(
+      fsRoot,
+      mounts,
+      'echo pg > /var/run/postgresql/f && echo www > /srv/www/g && grep -E " /(run/postgresql|data/www) " /proc/self/mountinfo | cut -d" " -f5 | sort',
+    );
+    expect([ran.exitCode, ran.stdout, ran.stderr]).toEqual([0, '/data/www\n/run/postgresql', '']);
+    const volumeAt = (p: string) => volumeDir(c.volumes.find((v) => v.path === p)!.volumeId);
+    expect(await fs.readFile(path.join(volumeAt('/var/run/postgresql'), 'f'), 'utf8')).toBe('pg\n');
+    expect(await fs.readFile(path.join(volumeAt('/srv/www'), 'g'), 'utf8')).toBe('www\n');
+    // The library's own mounts land on the same two directories.
+    await runtime.mount(c.id);
+    expect(mountsUnder(fsRoot).map((m) => path.relative(fsRoot, m.mountPoint)).sort()).toEqual(['data/www', 'run/postgresql']);
+    await runtime.unmount(c.id);
+    expect(mountsUnder(fsRoot)).toEqual([]);
+  });
+
   test('data written in one runc container is read in another sharing its volumes :ro, which cannot write', async () => {
     const { runtime, volumeDir, rootfs, mountsOf } = await world();
     const db = await runtime.create({ rootfs: await rootfs('db'), volumes: ['/data', '/data/nested', '/logs'] });

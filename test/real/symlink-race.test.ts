@@ -9,9 +9,9 @@ import { startSwapper } from '../helpers/swapper.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
- * SPEC §4.4 (runc's CVE-2021-30465 class): a symlink in the rootfs must never make a
- * volume mount land outside it, whether it is there from the start or swapped in while
- * the library resolves the path. Everything goes through ContainerRuntime with the
+ * runc's CVE-2021-30465 class: a symlink in the rootfs must never make a volume mount
+ * land outside it, whether it is there from the start (it is then followed inside the
+ * rootfs, as Docker does) or swapped in while the library resolves the path. Everything goes through ContainerRuntime with the
  * real BindMounter; the decoy is a host directory the symlinks point at.
  */
 
@@ -62,7 +62,9 @@ interface StaticCase {
   volumePath: (w: World) => string;
   /** Plants the symlink(s) in `rootfs`. */
   plant: (rootfs: string, w: World) => void;
-  /** Host paths that must never come to exist (a followed link would mkdir them). */
+  /** Where the volume lands inside the rootfs, links followed there and clamped to its root; null: the rootfs itself, which cannot take one. */
+  lands: (w: World) => string | null;
+  /** Host paths that must never come to exist (a link followed out of the rootfs would mkdir them). */
   neverCreated?: (w: World) => string[];
 }
 
@@ -72,78 +74,106 @@ const link = (target: string, at: string) => {
 };
 
 const staticCases: StaticCase[] = [
-  { name: 'the target is an absolute link to a host directory', volumePath: () => '/data', plant: (r, w) => link(w.decoy, path.join(r, 'data')) },
-  { name: 'a parent is an absolute link to a host directory', volumePath: () => '/var/lib/db', plant: (r, w) => link(w.decoy, path.join(r, 'var')) },
+  { name: 'the target is an absolute link to a host directory', volumePath: () => '/data', plant: (r, w) => link(w.decoy, path.join(r, 'data')), lands: (w) => w.decoy },
+  { name: 'a parent is an absolute link to a host directory', volumePath: () => '/var/lib/db', plant: (r, w) => link(w.decoy, path.join(r, 'var')), lands: (w) => `${w.decoy}/lib/db` },
   {
     name: 'the target is a relative link climbing out with ..',
     volumePath: () => '/a/b/data',
     plant: (r, w) => link(path.relative(path.join(r, 'a/b'), w.decoy), path.join(r, 'a/b/data')),
+    lands: (w) => `/${path.basename(w.decoy)}`,
   },
   {
     name: 'a parent is a relative link climbing out with .. far past /',
     volumePath: () => '/a/lib/db',
     plant: (r, w) => link(`${'../'.repeat(40)}${w.decoy.slice(1)}`, path.join(r, 'a')),
+    lands: (w) => `${w.decoy}/lib/db`,
   },
-  { name: 'the target is a link to /', volumePath: () => '/data', plant: (r) => link('/', path.join(r, 'data')) },
-  { name: 'a parent is a link to /', volumePath: (w) => `/host${w.decoy}`, plant: (r) => link('/', path.join(r, 'host')) },
-  { name: 'the target is a link to ..', volumePath: () => '/data', plant: (r) => link('..', path.join(r, 'data')) },
-  { name: 'a parent is a link to ..', volumePath: () => '/up/decoy', plant: (r) => link('..', path.join(r, 'up')) },
+  { name: 'the target is a link to /', volumePath: () => '/data', plant: (r) => link('/', path.join(r, 'data')), lands: () => null },
+  { name: 'a parent is a link to /', volumePath: (w) => `/host${w.decoy}`, plant: (r) => link('/', path.join(r, 'host')), lands: (w) => w.decoy },
+  { name: 'the target is a link to ..', volumePath: () => '/data', plant: (r) => link('..', path.join(r, 'data')), lands: () => null },
+  { name: 'a parent is a link to ..', volumePath: () => '/up/decoy', plant: (r) => link('..', path.join(r, 'up')), lands: () => '/decoy' },
   {
     name: 'a chain of links: one inside the rootfs, then one on the host, then the decoy',
     volumePath: () => '/data',
     plant: (r, w) => {
-      const hop = path.join(w.dir, `hop-${path.basename(r)}`);
-      fs.symlinkSync(w.decoy, hop);
+      const hop = path.join(w.dir, 'hop-at');
+      if (!fs.existsSync(hop)) fs.symlinkSync(w.decoy, hop);
       link(hop, path.join(r, 'hop'));
       link('hop', path.join(r, 'data'));
     },
+    // The second link's target is a host path: inside the rootfs it names a directory that does not exist yet.
+    lands: (w) => path.join(w.dir, 'hop-at'),
   },
   {
     name: 'the target is a dangling link to a host path that does not exist yet',
     volumePath: () => '/data',
     plant: (r, w) => link(path.join(w.dir, 'made-by-mount'), path.join(r, 'data')),
+    lands: (w) => path.join(w.dir, 'made-by-mount'),
     neverCreated: (w) => [path.join(w.dir, 'made-by-mount')],
   },
   {
     name: 'a parent is a dangling link to a host path that does not exist yet',
     volumePath: () => '/var/lib/db',
     plant: (r, w) => link(path.join(w.dir, 'made-by-mkdir'), path.join(r, 'var')),
+    lands: (w) => path.join(w.dir, 'made-by-mkdir/lib/db'),
     neverCreated: (w) => [path.join(w.dir, 'made-by-mkdir')],
   },
 ];
 
-describe('a symlink on the volume path is refused, and nothing lands outside the rootfs', () => {
-  test.each(staticCases)('$name: create, createVolumes and mount all refuse with ERR_PATH_ESCAPES_ROOTFS', async ({ volumePath, plant, neverCreated }) => {
+describe('a symlink on the volume path is followed inside the rootfs only, and nothing lands outside it', () => {
+  test.each(staticCases)('$name: create, createVolumes and mount all put the volume where the link leads inside the rootfs', async ({ volumePath, plant, lands, neverCreated }) => {
     const w = world();
     const p = volumePath(w);
     const mountsBefore = allMounts();
     const decoyBefore = await snapshotTree(w.decoy);
+    const at = lands(w);
 
-    // Present at create: no container and no volume is made.
+    const check = async (rootfs: string, id: string) => {
+      const volume = path.join(w.root, 'volumes', (await w.runtime.get(id)).volumes[0]!.volumeId);
+      fs.writeFileSync(path.join(volume, 'marker'), 'volume data\n');
+      if (at === null) {
+        await expectCode(w.runtime.mount(id), 'ERR_INVALID_VOLUME_PATH');
+        expect((await w.runtime.get(id)).mounted).toBe(false);
+      } else {
+        await w.runtime.mount(id);
+        // The one new mount is inside the rootfs, at the landing place, and shows the volume.
+        expect(mountsUnder(rootfs).map((m) => path.relative(rootfs, m.mountPoint))).toEqual([at.slice(1)]);
+        expect(fs.readFileSync(path.join(rootfs, at, 'marker'), 'utf8')).toBe('volume data\n');
+        expect(allMounts().filter((m) => !mountsBefore.includes(m))).toHaveLength(1);
+        await w.runtime.unmount(id);
+      }
+      expect(allMounts()).toEqual(mountsBefore);
+    };
+
+    // Present at create.
     const atCreate = w.rootfs('at-create');
     plant(atCreate, w);
-    await expectCode(w.runtime.create({ rootfs: atCreate, volumes: [p] }), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect(await w.runtime.list()).toEqual([]);
-    expect(fs.readdirSync(path.join(w.root, 'volumes'))).toEqual([]);
+    if (at === null) {
+      await expectCode(w.runtime.create({ rootfs: atCreate, volumes: [p] }), 'ERR_INVALID_VOLUME_PATH');
+      expect(await w.runtime.list()).toEqual([]);
+      expect(fs.readdirSync(path.join(w.root, 'volumes'))).toEqual([]);
+    } else {
+      await check(atCreate, (await w.runtime.create({ rootfs: atCreate, volumes: [p] })).id);
+    }
 
-    // Present when a volume is added to an existing container: nothing is added.
+    // Present when a volume is added to an existing container.
     const atAdd = w.rootfs('at-add');
     const bare = await w.runtime.create({ rootfs: atAdd });
     plant(atAdd, w);
-    await expectCode(w.runtime.createVolumes(bare.id, [p]), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect((await w.runtime.get(bare.id)).volumes).toEqual([]);
-    expect(fs.readdirSync(path.join(w.root, 'volumes'))).toEqual([]);
+    if (at === null) {
+      await expectCode(w.runtime.createVolumes(bare.id, [p]), 'ERR_INVALID_VOLUME_PATH');
+      expect((await w.runtime.get(bare.id)).volumes).toEqual([]);
+    } else {
+      await w.runtime.createVolumes(bare.id, [p]);
+      await check(atAdd, bare.id);
+    }
 
-    // Planted after create, before mount: nothing is mounted, and the container says so.
+    // Planted after create, before mount.
     const atMount = w.rootfs('at-mount');
     const c = await w.runtime.create({ rootfs: atMount, volumes: [p] });
     plant(atMount, w);
-    const volume = path.join(w.root, 'volumes', c.volumes[0]!.volumeId);
-    fs.writeFileSync(path.join(volume, 'marker'), 'volume data\n');
-    await expectCode(w.runtime.mount(c.id), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect((await w.runtime.get(c.id)).mounted).toBe(false);
+    await check(atMount, c.id);
 
-    expect(allMounts()).toEqual(mountsBefore);
     expect(await snapshotTree(w.decoy)).toEqual(decoyBefore);
     for (const host of neverCreated?.(w) ?? []) expect({ host, exists: fs.existsSync(host) }).toEqual({ host, exists: false });
   });

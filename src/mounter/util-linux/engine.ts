@@ -28,6 +28,10 @@ import { prepareStaging, stagingDirectory, unstage } from './staging.js';
  * removed) and must be the source directory on a new mount; after the remount,
  * mountinfo must show the options asked for on that very mount id. Anything else is
  * undone and reported, never left writable.
+ *
+ * The paths are where the volumes land in their rootfs, symlinks there followed already
+ * (BindMounter lands them first): the walks here follow none, so a symlink met now was
+ * swapped in since, and is refused rather than followed to another place.
  */
 export async function mountWithUtilLinux(ns: Namespace, requests: readonly MountRequest[]): Promise<void> {
   const levels = byNesting(requests);
@@ -212,7 +216,7 @@ interface PendingBind {
  */
 function probe(ns: Namespace, request: MountRequest): void {
   try {
-    openInRootfs(request.rootfs, request.path, false, ns.fsRoot)?.close();
+    openInRootfs(request.rootfs, request.path, { follow: false, fsRoot: ns.fsRoot })?.close();
   } catch (error) {
     throw naming(error, request);
   }
@@ -254,7 +258,7 @@ function openParent(ns: Namespace, request: MountRequest, made: readonly MadeMou
   const staged = made
     .filter((m) => m.staged && m.request.rootfs === request.rootfs && isBelow(request.path, m.request.path))
     .sort((a, b) => b.request.path.length - a.request.path.length)[0];
-  if (!staged) return openInRootfs(request.rootfs, dir, true, ns.fsRoot);
+  if (!staged) return openInRootfs(request.rootfs, dir, { create: true, follow: false, fsRoot: ns.fsRoot });
   const fd = openBelow(staged.fd, path.posix.relative(staged.request.path, dir), request.rootfs, request.path);
   return { fd, hostPath: hostPathOf(fd), procPath: procPathOf(fd), close: () => closeSync(fd) };
 }
@@ -332,7 +336,7 @@ async function detachMade(ns: Namespace, made: readonly MadeMount[]): Promise<vo
 function openMountPoint(ns: Namespace, target: MountTarget): number | null {
   let parent: PinnedDirectory | null;
   try {
-    parent = openInRootfs(target.rootfs, path.posix.dirname(target.path), false, ns.fsRoot);
+    parent = openInRootfs(target.rootfs, path.posix.dirname(target.path), { follow: false, fsRoot: ns.fsRoot });
     if (parent === null) return null;
   } catch (error) {
     if (isNothingThere(error)) return null;
