@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from './context.js';
 import { ContainerVolumesError } from './errors.js';
@@ -55,8 +56,21 @@ export async function recoverMounts(
       if (region !== undefined) wantedIn.set(region, (wantedIn.get(region) ?? new Set()).add(w));
     }
   }
+  // One listing of the whole namespace tells which rootfs hold any of the store's
+  // volumes: a region nobody wants a mount in and with none of them has nothing to do,
+  // and is not listed again (a listing reads all of mountinfo: once per rootfs, it made
+  // recover() quadratic in practice).
+  const holding = new Set<string>();
+  for (const m of await ctx.mounter.list('/')) {
+    if (!isStoreVolume(m, ctx.store.root)) continue;
+    for (let at = path.dirname(m.path); !holding.has(at); at = path.dirname(at)) {
+      holding.add(at);
+      if (at === '/') break;
+    }
+  }
   for (const group of groups) {
     const rootfs = (group[0] as ContainerConfig).rootfs;
+    if (!wantedIn.has(rootfs) && !holding.has(rootfs) && reachable(rootfs)) continue;
     try {
       await recoverRegion(ctx, rootfs, [...(wantedIn.get(rootfs) ?? [])], (host) => regionOf(host) === rootfs, configs, elsewhere, report);
     } catch (error) {
@@ -68,6 +82,16 @@ export async function recoverMounts(
         report.failed.push({ containerId: config.id, code: error.code, message: error.message });
       }
     }
+  }
+}
+
+/** Whether a rootfs can be walked to (or is simply gone): one that cannot is reported, even when nothing is to be done there. */
+function reachable(rootfs: string): boolean {
+  try {
+    statSync(rootfs, { throwIfNoEntry: false });
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -77,18 +77,20 @@ export function openInRootfs(rootfs: string, containerPath: string, options: Wal
  */
 export function landingPath(rootfs: string, containerPath: string): string {
   const walked = walkInRootfs(rootfs, containerPath, {});
-  try {
-    const reached = insideRootfs(walked.fd, walked.rootHostPath, rootfs, containerPath).slice(walked.rootHostPath.length);
-    return path.posix.resolve('/', `.${reached}`, ...walked.missing);
-  } finally {
-    fs.closeSync(walked.fd);
-  }
+  fs.closeSync(walked.fd);
+  return path.posix.resolve('/', ...walked.names, ...walked.missing);
 }
 
 interface Walked {
   /** The deepest directory reached. */
   fd: number;
   rootHostPath: string;
+  /**
+   * The names walked through from the rootfs to `fd`, links followed: where the path
+   * lands, as the walk itself found it (a deleted or covered directory reads back
+   * differently through /proc).
+   */
+  names: string[];
   /** The components left when one was missing (and not created): empty when the whole path was found. */
   missing: string[];
 }
@@ -99,6 +101,7 @@ function walkInRootfs(rootfs: string, containerPath: string, { create = false, f
   }
   // The directories walked through, the rootfs first: `..` goes back one, never past the rootfs.
   const stack = [openRootfs(rootfs, fsRoot)];
+  const names: string[] = [];
   const root = stack[0] as number;
   const rootHostPath = hostPathOf(root);
   const pending = components(containerPath);
@@ -107,12 +110,14 @@ function walkInRootfs(rootfs: string, containerPath: string, { create = false, f
     for (let name = pending.shift(); name !== undefined; name = pending.shift()) {
       if (name === '..') {
         if (stack.length > 1) fs.closeSync(stack.pop() as number);
+        names.splice(stack.length - 1);
         continue;
       }
       const step = openStep(stack[stack.length - 1] as number, name, create, follow, rootfs, containerPath);
-      if (step === null) return { fd: stack.pop() as number, rootHostPath, missing: [name, ...pending] };
+      if (step === null) return { fd: stack.pop() as number, rootHostPath, names, missing: [name, ...pending] };
       if (typeof step === 'number') {
         stack.push(step);
+        names.push(name);
         continue;
       }
       if (++links > MAX_SYMLINKS) {
@@ -121,26 +126,39 @@ function walkInRootfs(rootfs: string, containerPath: string, { create = false, f
           `refusing ${containerPath} in rootfs ${rootfs}: more than ${MAX_SYMLINKS} symlinks on the way (a loop?)`,
         );
       }
-      if (step.link.startsWith('/')) while (stack.length > 1) fs.closeSync(stack.pop() as number);
+      if (step.link.startsWith('/')) {
+        while (stack.length > 1) fs.closeSync(stack.pop() as number);
+        names.length = 0;
+      }
       pending.unshift(...components(step.link));
     }
-    return { fd: stack.pop() as number, rootHostPath, missing: [] };
+    return { fd: stack.pop() as number, rootHostPath, names, missing: [] };
   } finally {
     for (const fd of stack) fs.closeSync(fd);
   }
 }
 
-/** Opens (or creates) `name` in `dirFd` as a directory, or reads it as a symlink to follow; null when missing and not created. */
+/** How many times a name that keeps changing between directory and symlink is looked at again. */
+const RELOOKS = 64;
+
+/**
+ * Opens (or creates) `name` in `dirFd` as a directory, or reads it as a symlink to
+ * follow; null when missing and not created. A name swapped between the two looks
+ * (opened as a link, read as a directory) is looked at again: whatever it is then is
+ * followed, still inside the rootfs.
+ */
 function openStep(dirFd: number, name: string, create: boolean, follow: boolean, rootfs: string, containerPath: string): number | { link: string } | null {
   const child = `/proc/self/fd/${dirFd}/${name}`;
-  try {
-    return openChild(dirFd, name, create, rootfs, containerPath);
-  } catch (error) {
-    if (!follow || !(error instanceof ContainerVolumesError) || error.code !== 'ERR_PATH_ESCAPES_ROOTFS') throw error;
+  for (let look = 1; ; look++) {
     try {
-      return { link: fs.readlinkSync(child) };
-    } catch {
-      throw error; // no longer a symlink: it changed while it was being resolved
+      return openChild(dirFd, name, create, rootfs, containerPath);
+    } catch (error) {
+      if (!follow || !(error instanceof ContainerVolumesError) || error.code !== 'ERR_PATH_ESCAPES_ROOTFS') throw error;
+      try {
+        return { link: fs.readlinkSync(child) };
+      } catch {
+        if (look === RELOOKS) throw error;
+      }
     }
   }
 }
@@ -261,24 +279,15 @@ export function hostPathOf(fd: number): string {
 
 /** Belt and braces: the kernel must agree that the directory is the rootfs or inside it. */
 function pin(fd: number, rootHostPath: string, rootfs: string, containerPath: string): PinnedDirectory {
-  try {
-    const hostPath = insideRootfs(fd, rootHostPath, rootfs, containerPath);
-    return { fd, hostPath, procPath: procPathOf(fd), close: () => fs.closeSync(fd) };
-  } catch (error) {
-    fs.closeSync(fd);
-    throw error;
-  }
-}
-
-function insideRootfs(fd: number, rootHostPath: string, rootfs: string, containerPath: string): string {
   const hostPath = hostPathOf(fd);
   if (hostPath !== rootHostPath && !hostPath.startsWith(`${rootHostPath}/`)) {
+    fs.closeSync(fd);
     throw new ContainerVolumesError(
       'ERR_PATH_ESCAPES_ROOTFS',
       `refusing ${containerPath} in rootfs ${rootfs}: it resolves to ${hostPath}, outside the rootfs`,
     );
   }
-  return hostPath;
+  return { fd, hostPath, procPath: procPathOf(fd), close: () => fs.closeSync(fd) };
 }
 
 export function procPathOf(fd: number): string {

@@ -219,25 +219,58 @@ describe('BindMounter: what a process sees', () => {
 
 describe('BindMounter: symlinks never lead out of the rootfs', () => {
   test.each([
-    ['the target itself', '/data', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'data'))],
-    ['a parent directory', '/var/lib/db', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'var'))],
+    ['the target itself', '/data', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'data')), (outside: string) => outside],
+    ['a parent directory', '/var/lib/db', (rootfs: string, outside: string) => fs.symlinkSync(outside, path.join(rootfs, 'var')), (outside: string) => `${outside}/lib/db`],
     ['a relative link climbing with ..', '/a/b/data', (rootfs: string, outside: string) => {
       fs.mkdirSync(path.join(rootfs, 'a/b'), { recursive: true });
       fs.symlinkSync(`../../../../../../../../..${outside}`, path.join(rootfs, 'a/b/data'));
-    }],
-    ['a link to / (the rootfs itself)', '/data', (rootfs: string) => fs.symlinkSync('/', path.join(rootfs, 'data'))],
+    }, (outside: string) => outside],
     ['a link that stays inside', '/data', (rootfs: string) => {
       fs.mkdirSync(path.join(rootfs, 'real'));
       fs.symlinkSync('real', path.join(rootfs, 'data'));
-    }],
-  ])('a symlink as %s is refused with ERR_PATH_ESCAPES_ROOTFS and nothing is mounted or created outside', async (_, target, plant) => {
+    }, () => '/real'],
+  ])('a symlink as %s is followed inside the rootfs only: the mount lands there, nothing is mounted or created outside', async (_, target, plant, lands) => {
     const { rootfs, source, outside } = await dirs();
     plant(rootfs, outside);
-    const error = await expectCode(mounter.mount({ source, rootfs, path: target, mode: 'rw' }), 'ERR_PATH_ESCAPES_ROOTFS');
-    expect(error.message).toMatch(/is a symlink/);
-    expect(mountsUnder(rootfs)).toEqual([]);
+    await mounter.mount({ source, rootfs, path: target, mode: 'ro' });
+    const mounts = mountsUnder(rootfs);
+    expect(mounts.map((m) => m.mountPoint)).toEqual([path.join(rootfs, lands(outside))]);
+    expect(mounts[0]?.options).toEqual(expect.arrayContaining(['ro', 'nosuid', 'nodev']));
     expect(mountsUnder(outside)).toEqual([]);
     expect(fs.readdirSync(outside)).toEqual([]);
+    // Unmounted through the same path, links followed the same way.
+    await mounter.unmount({ rootfs, path: target });
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
+  test.each([
+    ['a link to /', (rootfs: string) => fs.symlinkSync('/', path.join(rootfs, 'data')), 'ERR_INVALID_VOLUME_PATH'],
+    ['a link to ..', (rootfs: string) => fs.symlinkSync('..', path.join(rootfs, 'data')), 'ERR_INVALID_VOLUME_PATH'],
+    ['a link loop', (rootfs: string) => fs.symlinkSync('data', path.join(rootfs, 'data')), 'ERR_PATH_ESCAPES_ROOTFS'],
+  ] as const)('a target that is %s cannot take a mount: a coded error, nothing mounted', async (_, plant, code) => {
+    const { rootfs, source, outside } = await dirs();
+    plant(rootfs);
+    const error = await expectCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rw' }), code);
+    expect(error.message).toContain('/data');
+    expect(mountsUnder(rootfs)).toEqual([]);
+    expect(mountsUnder(outside)).toEqual([]);
+    // Nothing to unmount there either: unmount is a no-op, not an error.
+    await mounter.unmount({ rootfs, path: '/data' });
+  });
+
+  test('mountAll refuses two requests that are one directory through a link, and mounts neither', async () => {
+    const { rootfs, source } = await dirs();
+    fs.mkdirSync(path.join(rootfs, 'run'));
+    fs.symlinkSync('run', path.join(rootfs, 'var-run'));
+    const error = await expectCode(
+      mounter.mountAll([
+        { source, rootfs, path: '/run', mode: 'rw' },
+        { source, rootfs, path: '/var-run', mode: 'ro' },
+      ]),
+      'ERR_DUPLICATE_MOUNT_POINT',
+    );
+    expect(error.message).toContain('/var-run');
+    expect(mountsUnder(rootfs)).toEqual([]);
   });
 
   test('a rootfs replaced by a symlink after the fact is refused: nothing lands on the host', async () => {

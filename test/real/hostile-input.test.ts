@@ -82,11 +82,14 @@ async function buildWorld(): Promise<World> {
   const host = path.join(dir, 'host');
   await fs.mkdir(path.join(host, 'data'), { recursive: true });
   await fs.writeFile(path.join(host, 'shadow'), 'host secret\n');
-  // The evil rootfs: each way out of it a volume path could take.
+  // The evil rootfs: each way out of it a volume path could try (followed inside the
+  // rootfs, they can only lead back to it), a loop, and links to the rootfs itself.
   await fs.symlink(host, path.join(rootfs.evil, 'var'));
   await fs.symlink('/', path.join(rootfs.evil, 'abs'));
   await fs.symlink('..', path.join(rootfs.evil, 'up'));
   await fs.symlink('../../host', path.join(rootfs.evil, 'rel'));
+  await fs.symlink('loop', path.join(rootfs.evil, 'loop'));
+  await fs.symlink('.', path.join(rootfs.evil, 'dot'));
   await fs.mkdir(path.join(rootfs.db, 'var/lib/postgres'), { recursive: true });
   await fs.writeFile(path.join(rootfs.db, 'var/lib/postgres/PG_VERSION'), '16\n');
 
@@ -414,41 +417,49 @@ const CASES: Case[] = [
   },
 
   // --- symlinks on a volume path inside the rootfs --------------------------------------
+  // Followed inside the rootfs (a link out lands back in it), a volume path is refused
+  // only where it cannot take a volume: the rootfs itself, a loop, one directory twice.
   ...(
     [
-      ['/var/data', 'var'],
-      ['/var', 'var'],
-      ['/abs/etc', 'abs'],
-      ['/up/state/volumes', 'up'],
-      ['/rel/data', 'rel'],
+      ['/abs', 'abs', 'ERR_INVALID_VOLUME_PATH'],
+      ['/up', 'up', 'ERR_INVALID_VOLUME_PATH'],
+      ['/dot', 'dot', 'ERR_INVALID_VOLUME_PATH'],
+      ['/up/abs', 'abs', 'ERR_INVALID_VOLUME_PATH'],
+      ['/loop/data', 'loop', 'ERR_PATH_ESCAPES_ROOTFS'],
     ] as const
-  ).flatMap(([at, link]): Case[] => [
+  ).flatMap(([at, link, code]): Case[] => [
     {
-      name: `create on the evil rootfs: ${at}, where ${link} is a symlink out`,
+      name: `create on the evil rootfs: ${at}, where ${link} is a symlink`,
       call: (w) => w.runtime.create({ rootfs: w.rootfs.evil, volumes: [at], copyUp: false }),
-      code: 'ERR_PATH_ESCAPES_ROOTFS',
-      names: (w) => [at, w.rootfs.evil, link],
+      code,
+      names: (w) => [at, w.rootfs.evil],
     },
     {
-      name: `createVolumes(evil, [${at}]), where ${link} is a symlink out`,
+      name: `createVolumes(evil, [${at}]), where ${link} is a symlink`,
       call: (w) => w.runtime.createVolumes(w.evil.id, [at]),
-      code: 'ERR_PATH_ESCAPES_ROOTFS',
-      names: (w) => [at, w.rootfs.evil, link],
+      code,
+      names: (w) => [at, w.rootfs.evil],
     },
   ]),
   {
-    name: "mount(db) after db's /var was swapped for a symlink to the host directory",
-    setup: swapForSymlink((w) => w.rootfs.db, 'var', (w) => w.host),
-    call: (w) => w.runtime.mount(w.db.id),
-    code: 'ERR_PATH_ESCAPES_ROOTFS',
-    names: (w) => [w.rootfs.db, 'var'],
+    name: 'create on the evil rootfs: /data and /abs/data, one directory through a symlink',
+    call: (w) => w.runtime.create({ rootfs: w.rootfs.evil, volumes: ['/data', '/abs/data'] }),
+    code: 'ERR_DUPLICATE_MOUNT_POINT',
+    names: (w) => ['/data', '/abs/data', w.rootfs.evil],
   },
   {
-    name: "mount(db) after db's /var/lib was swapped for a symlink to the host directory (/var/log is fine)",
-    setup: swapForSymlink((w) => w.rootfs.db, 'var/lib', (w) => w.host),
+    name: "mount(db) after db's /var/lib was swapped for a symlink loop",
+    setup: swapForSymlink((w) => w.rootfs.db, 'var/lib', () => 'lib'),
     call: (w) => w.runtime.mount(w.db.id),
     code: 'ERR_PATH_ESCAPES_ROOTFS',
-    names: (w) => ['/var/lib/postgres', w.rootfs.db, 'lib'],
+    names: (w) => ['/var/lib/postgres', w.rootfs.db],
+  },
+  {
+    name: "mount(db) after db's /var/log was swapped for a symlink to its /var/lib/postgres",
+    setup: swapForSymlink((w) => w.rootfs.db, 'var/log', () => '/var/lib/postgres'),
+    call: (w) => w.runtime.mount(w.db.id),
+    code: 'ERR_DUPLICATE_MOUNT_POINT',
+    names: (w) => ['/var/lib/postgres', '/var/log', w.rootfs.db],
   },
   {
     name: "mount(app) after app's rootfs was swapped for a symlink to /",
