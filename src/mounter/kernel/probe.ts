@@ -54,11 +54,12 @@ function probe(): KernelMountApi {
     }
     // Without OPEN_TREE_CLONE, open_tree only opens a path: nothing is copied or mounted.
     calls.close(calls.openTree(AT_FDCWD, '/', OPEN_TREE_CLOEXEC));
-    // move_mount checks the privilege first: without it, EPERM says the call exists (the
-    // mount itself is then refused with a clear error, as with any engine).
-    expectBadDescriptor(() => calls.moveMount(-1, '', -1, '', MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), !hasMountPrivilege());
+    // Both check the privilege first: without it, EPERM says the call exists (the mount
+    // itself is then refused with a clear error, as with any engine).
+    const unprivileged = !hasMountPrivilege();
+    expectBadDescriptor(() => calls.moveMount(-1, '', -1, '', MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), unprivileged);
     // Asked for nothing, mount_setattr succeeds before it looks at the descriptor.
-    expectBadDescriptor(() => calls.mountSetattr(-1, '', AT_EMPTY_PATH, { attrSet: 0, attrClr: 0, propagation: MS_PRIVATE }));
+    expectBadDescriptor(() => calls.mountSetattr(-1, '', AT_EMPTY_PATH, { attrSet: 0, attrClr: 0, propagation: MS_PRIVATE }), unprivileged);
   } catch (error) {
     const missing = isErrnoException(error, 'ENOSYS') ? ' (the kernel has no such call: Linux 5.12 or later is needed)' : '';
     return { reason: `the kernel's mount API is not usable: ${(error as Error).message}${missing}` };
