@@ -84,6 +84,9 @@ function expectErrno(call: () => unknown, code: string, syscall: string): void {
   expect((caught as Error).message).toContain(code);
 }
 
+/** This process's open descriptors, as the kernel lists them. */
+const openDescriptors = () => fs.readdirSync('/proc/self/fd').map(Number).sort((a, b) => a - b);
+
 const mountIdInMountinfo = (mountPoint: string) => mountTable().filter((m) => m.mountPoint === mountPoint).pop()?.id;
 
 describe('the bindings, each called for real', () => {
@@ -290,8 +293,9 @@ describe('the kernel engine', () => {
     });
     const savedPath = process.env.PATH;
     process.env.PATH = `${bin}:${savedPath}`;
+    const mounter = kernel();
+    const descriptors = openDescriptors();
     try {
-      const mounter = kernel();
       await mounter.mountAll(requests);
       for (let i = 0; i < 10; i++) expect(fs.readFileSync(path.join(rootfs, 'data', String(i), 'marker'), 'utf8')).toBe(`volume ${i}`);
       expect(mountsUnder(rootfs).map((m) => [m.mountPoint, m.options.includes('ro') ? 'ro' : 'rw', m.optional])).toEqual(
@@ -304,6 +308,8 @@ describe('the kernel engine', () => {
     }
     expect(fs.existsSync(log)).toBe(false);
     expect(mountsUnder(rootfs)).toEqual([]);
+    // Not one descriptor left open: one would keep a mount busy (a plain umount fails).
+    expect(openDescriptors()).toEqual(descriptors);
   });
 
   const hasStrace = spawnSync('strace', ['-V']).status === 0;
@@ -365,6 +371,7 @@ describe('the kernel engine', () => {
     fs.mkdirSync(path.join(rootfs, 'var'));
     fs.symlinkSync('../run', path.join(rootfs, 'var/run'));
     const mounter = kernel();
+    const descriptors = openDescriptors();
     for (const second of ['/var/run/db', '/run/db']) {
       const error = await expectCode(
         mounter.mountAll([
@@ -376,6 +383,7 @@ describe('the kernel engine', () => {
       expect(error.message).toContain(second);
       expect(mountsUnder(rootfs)).toEqual([]);
     }
+    expect(openDescriptors()).toEqual(descriptors);
     // Through the link, one at a time, it lands inside the rootfs.
     await mounter.mount({ source, rootfs, path: '/var/run/db', mode: 'ro' });
     expect(mountsUnder(rootfs).map((m) => m.mountPoint)).toEqual([path.join(rootfs, 'run/db')]);

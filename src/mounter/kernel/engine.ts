@@ -77,7 +77,9 @@ export class KernelEngine {
     try {
       // A non-directory or a loop on any path is refused before anything is made.
       requests.forEach((request, i) => {
-        if (parentOf(requests, i) === undefined) session.resolve(request, false, describeMount(request));
+        if (parentOf(requests, i) !== undefined) return;
+        const fd = session.resolve(request, false, describeMount(request));
+        if (fd !== null) this.calls.close(fd);
       });
       const seen = new Set<Identity>();
       for (const [i, request] of requests.entries()) {
