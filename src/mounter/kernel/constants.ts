@@ -29,6 +29,7 @@ export const AT_EMPTY_PATH = 0x1000;
 /** linux/openat2.h: `struct open_how { __u64 flags, mode, resolve; }`. */
 export const OPEN_HOW_SIZE = 24;
 export const RESOLVE_NO_MAGICLINKS = 0x02;
+export const RESOLVE_NO_SYMLINKS = 0x04;
 export const RESOLVE_BENEATH = 0x08;
 export const RESOLVE_IN_ROOT = 0x10;
 

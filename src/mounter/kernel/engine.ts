@@ -26,6 +26,7 @@ import {
   OPEN_TREE_CLONE,
   RESOLVE_IN_ROOT,
   RESOLVE_NO_MAGICLINKS,
+  RESOLVE_NO_SYMLINKS,
   ST_NODEV,
   ST_NOSUID,
   ST_RDONLY,
@@ -37,15 +38,16 @@ import type { KernelCalls, MountAttr, StatxResult } from './syscalls.js';
 
 const OPEN_DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC;
 /**
- * A path inside a rootfs is resolved by the kernel as if the rootfs were `/`: symlinks
- * are followed, an absolute target starts again from the rootfs and `..` stops at it,
- * so nothing can lead out; links through /proc (`/proc/self/root`…) are refused.
+ * The paths given are where the volumes land, their symlinks followed already
+ * (BindMounter lands them first): the kernel resolves them with the rootfs as `/` and
+ * follows no link, so one met now was swapped in since and fails (ELOOP) rather than
+ * leading elsewhere.
  */
-const IN_ROOTFS = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+const IN_ROOTFS = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+/** Inside a detached volume, where nothing was landed beforehand: links followed, clamped to the volume. */
+const IN_VOLUME = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
 /** openat2 says EAGAIN when a rename raced a lookup with `..`: it is tried again, this many times. */
 const RESOLVE_ATTEMPTS = 16;
-/** MAXSYMLINKS, include/linux/namei.h: ELOOP past it. */
-const MAX_SYMLINKS = 40;
 
 /** A directory's identity: the mount it is seen through, and its device and inode. */
 type Identity = string;
@@ -138,9 +140,7 @@ export class KernelEngine {
       calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request));
       target = session.resolve(request, true, what) as number;
       const identity = session.identityOf(target);
-      if (identity === session.rootfsIdentity(request.rootfs)) {
-        throw new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `${what} refused: ${request.path} resolves to the rootfs itself`);
-      }
+      // Landing refuses two paths to one directory by name; a bind mount inside the rootfs can still make two names one.
       if (seen.has(identity)) {
         throw new ContainerVolumesError('ERR_DUPLICATE_MOUNT_POINT', `${what} refused: ${request.path} resolves to the mount point of another volume of the same container`);
       }
@@ -260,7 +260,7 @@ function makeDirectories(calls: KernelCalls, root: number, relative: string): vo
   for (let i = 0; i < names.length; i++) {
     let parent: number;
     try {
-      parent = calls.openat2(root, names.slice(0, i).join('/') || '.', OPEN_DIRECTORY, IN_ROOTFS);
+      parent = calls.openat2(root, names.slice(0, i).join('/') || '.', OPEN_DIRECTORY, IN_VOLUME);
     } catch {
       return;
     }
@@ -276,29 +276,19 @@ function makeDirectories(calls: KernelCalls, root: number, relative: string): vo
 
 /** The descriptors of one call: each rootfs opened once, every one closed at the end. */
 class Session {
-  private readonly rootfsDirs = new Map<string, { dir: PinnedDirectory; identity: Identity }>();
+  private readonly rootfsDirs = new Map<string, PinnedDirectory>();
 
   constructor(private readonly calls: KernelCalls) {}
 
   /** The rootfs, opened from `/` without following a symlink (ERR_INVALID_ROOTFS otherwise). */
   rootfs(rootfs: string): number {
-    return this.opened(rootfs).dir.fd;
-  }
-
-  /** A volume path resolving to the rootfs itself is refused: a mount there would hide the whole container. */
-  rootfsIdentity(rootfs: string): Identity {
-    return this.opened(rootfs).identity;
-  }
-
-  private opened(rootfs: string): { dir: PinnedDirectory; identity: Identity } {
-    let opened = this.rootfsDirs.get(rootfs);
-    if (opened === undefined) {
+    let dir = this.rootfsDirs.get(rootfs);
+    if (dir === undefined) {
       // The container path `/` has nothing to create: this only opens the rootfs.
-      const dir = openInRootfs(rootfs, '/', true);
-      opened = { dir, identity: this.identityOf(dir.fd) };
-      this.rootfsDirs.set(rootfs, opened);
+      dir = openInRootfs(rootfs, '/', { create: true });
+      this.rootfsDirs.set(rootfs, dir);
     }
-    return opened;
+    return dir.fd;
   }
 
   identityOf(fd: number): Identity {
@@ -306,8 +296,8 @@ class Session {
   }
 
   /**
-   * The directory at the request's path inside its rootfs (symlinks resolved inside the
-   * rootfs), as an O_PATH descriptor; `create` makes what is missing, else null.
+   * The directory at the request's (landed) path inside its rootfs, following no link,
+   * as an O_PATH descriptor; `create` makes what is missing, else null.
    */
   resolve(request: MountTarget, create: boolean, what: string): number | null {
     const root = this.rootfs(request.rootfs);
@@ -320,9 +310,9 @@ class Session {
         if (!create) return null;
         if (attempt > 0) break;
       }
-      // Missing directories are made by the rootfs walker, which resolves symlinks the same way.
+      // Missing directories are made by the rootfs walker, following no link either.
       try {
-        openInRootfs(request.rootfs, request.path, true).close();
+        openInRootfs(request.rootfs, request.path, { create: true, follow: false }).close();
       } catch (error) {
         if (error instanceof ContainerVolumesError) {
           throw new ContainerVolumesError(error.code, `cannot mount a volume at ${request.path}: ${error.message}`, { cause: error });
@@ -334,20 +324,27 @@ class Session {
   }
 
   /**
-   * The topmost mount at a target, pinned by a descriptor; null when nothing is mounted
-   * there (a missing path, a file, a directory that is no mount's root, the rootfs itself).
+   * The topmost mount at a target, pinned by a descriptor; null when nothing of ours can
+   * be there: a missing path, a non-directory or a symlink on the way (we never mount
+   * through one), a directory that is no mount's root.
    */
   mountAt(target: MountTarget): number | null {
-    const fd = this.resolve(target, false, `unmounting ${target.path} in rootfs ${target.rootfs}`);
+    let fd: number | null;
+    try {
+      fd = this.resolve(target, false, `unmounting ${target.path} in rootfs ${target.rootfs}`);
+    } catch (error) {
+      const code = (error as ContainerVolumesError).code;
+      if (code === 'ERR_MOUNT_POINT_NOT_DIRECTORY' || code === 'ERR_PATH_ESCAPES_ROOTFS') return null;
+      throw error;
+    }
     if (fd === null) return null;
-    const { attributes } = this.calls.statx(fd, '', AT_EMPTY_PATH, STATX_MNT_ID);
-    if ((attributes & STATX_ATTR_MOUNT_ROOT) !== 0 && this.identityOf(fd) !== this.rootfsIdentity(target.rootfs)) return fd;
+    if ((this.calls.statx(fd, '', AT_EMPTY_PATH, STATX_MNT_ID).attributes & STATX_ATTR_MOUNT_ROOT) !== 0) return fd;
     this.calls.close(fd);
     return null;
   }
 
   close(): void {
-    for (const { dir } of this.rootfsDirs.values()) dir.close();
+    for (const dir of this.rootfsDirs.values()) dir.close();
     this.rootfsDirs.clear();
   }
 }
@@ -363,11 +360,9 @@ function resolveFailed(error: unknown, target: MountTarget, what: string): unkno
     });
   }
   if (isErrnoException(error, 'ELOOP')) {
-    return new ContainerVolumesError(
-      'ERR_PATH_ESCAPES_ROOTFS',
-      `${what} refused: ${target.path} in rootfs ${target.rootfs} goes through more than ${MAX_SYMLINKS} symlinks (a loop?) or a link of /proc`,
-      { cause: error },
-    );
+    return new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `${what} refused: a symlink was swapped in on ${target.path} in rootfs ${target.rootfs}`, {
+      cause: error,
+    });
   }
   return new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: ${(error as Error).message}`, { cause: error });
 }
