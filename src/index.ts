@@ -13,7 +13,8 @@ export {
   type HandlerVolume,
 } from './handlers/run-handler.js';
 export type { BackupManifest, BackupOptions, BackupResult, Progress, RestoreOptions } from './handlers/backup.js';
-export { BindMounter } from './mounter/bind.js';
+export { BindMounter, type BindMounterOptions } from './mounter/bind.js';
+export type { MountEngine } from './mounter/engine-choice.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
 export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';
 export { ContainerVolumesError, MountCommandError, type ErrorCode } from './errors.js';

@@ -1,11 +1,15 @@
 import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { optionsObject } from '../context.js';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
 import { landingPath } from '../rootfs/open-in-rootfs.js';
+import { chooseEngine, type MountEngine } from './engine-choice.js';
+import type { KernelEngine } from './kernel/engine.js';
 import { checkListedDir, checkMountRequest, checkMountTarget, landRequests } from './mount-target.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { bindSources, readMountinfo } from './mountinfo.js';
+import { checkMountPrivilege } from './privilege.js';
 import { OWN_NAMESPACE, namespaceOfProcess, type Namespace } from './target-namespace.js';
 import { mountWithUtilLinux, unmountWithUtilLinux } from './util-linux/engine.js';
 import { STAGING, clearStaging } from './util-linux/staging.js';
@@ -17,20 +21,43 @@ const namespaces = new WeakMap<BindMounter, Namespace>();
  * `pid` (as `mount -N` does), for handlers whose mounts must never reach the host's.
  */
 export function bindMounterIn(pid: number): BindMounter {
-  const mounter = new BindMounter();
+  // Node cannot enter another mount namespace (setns(CLONE_NEWNS) refuses a
+  // multi-threaded process), and the kernel's calls act in the caller's, so mounts there
+  // go through util-linux run under nsenter.
+  const mounter = new BindMounter({ engine: 'util-linux' });
   namespaces.set(mounter, namespaceOfProcess(pid));
   return mounter;
 }
 
+export interface BindMounterOptions {
+  /**
+   * Which engine makes the mounts: 'kernel' (the kernel's mount API through koffi) or
+   * 'util-linux' (`mount` and `umount`). Default: the environment variable
+   * CONTAINER_VOLUMES_MOUNT_ENGINE if set, else the kernel's when it can run here.
+   */
+  engine?: MountEngine;
+}
+
 /**
  * Linux bind mounts of volume directories into container root filesystems. Needs root
- * (CAP_SYS_ADMIN in the caller's mount namespace). Every mount is `nosuid,nodev`,
- * read-only where its mode is `ro` (verified, never assumed) and private. A path is
- * resolved inside the rootfs as the container will see it: symlinks there are
+ * (CAP_SYS_ADMIN in the caller's mount namespace), from the first mount or unmount on.
+ * Every mount is `nosuid,nodev`, read-only where its mode is `ro` (verified, never
+ * assumed) and private. A path is resolved inside the rootfs as the container will see it: symlinks there are
  * followed, but never out of the rootfs (`/var/run -> ../run` mounts at `<rootfs>/run`,
  * a link to `/data` means `<rootfs>/data`).
  */
 export class BindMounter implements Mounter {
+  /** The engine in use (see `BindMounterOptions.engine`). */
+  readonly engine: MountEngine;
+  readonly #kernel: KernelEngine | undefined;
+
+  constructor(options?: BindMounterOptions) {
+    const { engine } = optionsObject<BindMounterOptions>(options, 'BindMounter options', ['engine']);
+    const chosen = chooseEngine(engine);
+    this.engine = chosen.name;
+    this.#kernel = chosen.kernel;
+  }
+
   mount(request: MountRequest): Promise<void> {
     return this.mountAll([request]);
   }
@@ -42,13 +69,21 @@ export class BindMounter implements Mounter {
   async mountAll(requests: readonly MountRequest[]): Promise<void> {
     if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
     requests.forEach(checkMountRequest);
-    await mountWithUtilLinux(namespaceOf(this), landRequests(requests));
+    if (requests.length === 0) return;
+    checkMountPrivilege(`mounting ${requests[0]?.path} in rootfs ${requests[0]?.rootfs}`);
+    const landed = landRequests(requests);
+    if (this.#kernel) await this.#kernel.mountAll(landed);
+    else await mountWithUtilLinux(namespaceOf(this), landed);
   }
 
   async unmountAll(targets: readonly MountTarget[]): Promise<void> {
     if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'unmountAll takes an array of mount targets');
     targets.forEach(checkMountTarget);
-    await unmountWithUtilLinux(namespaceOf(this), targets.flatMap(landed));
+    if (targets.length === 0) return;
+    checkMountPrivilege(`unmounting ${targets[0]?.path} in rootfs ${targets[0]?.rootfs}`);
+    const landedTargets = targets.flatMap(landed);
+    if (this.#kernel) await this.#kernel.unmountAll(landedTargets);
+    else await unmountWithUtilLinux(namespaceOf(this), landedTargets);
   }
 
   async list(dir: string): Promise<MountedVolume[]> {

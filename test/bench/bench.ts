@@ -4,10 +4,12 @@
 //   npm run bench                      sizes 10,1000,10000
 //   npm run bench -- --quick           sizes 10,200, few iterations (CI smoke run)
 //   npm run bench -- --sizes 10,500 --iterations 50 --no-podman --json out.json
+//   npm run bench -- --sizes 10 --no-podman --ops "10 volumes"   only some rows
 //
 // It imports the built package (dist/), as a user would, so it measures what ships.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
@@ -20,7 +22,8 @@ import { BindMounter, ContainerRuntime, FakeMounter, type ContainerInfo } from '
 // Options
 
 const USAGE = `usage: npm run bench -- [--sizes 10,1000,10000] [--iterations N] [--budget SECONDS]
-                       [--podman-iterations N] [--quick] [--no-podman] [--json FILE]`;
+                       [--podman-iterations N] [--quick] [--no-podman] [--json FILE]
+                       [--ops TEXT,...]   only the operations whose name contains one of the texts`;
 
 interface Options {
   sizes: number[];
@@ -34,6 +37,8 @@ interface Options {
   podman: boolean;
   json: string | undefined;
   quick: boolean;
+  /** Only the operations whose name contains one of these (all when empty). */
+  ops: string[];
 }
 
 function parseOptions(argv: string[]): Options {
@@ -47,6 +52,7 @@ function parseOptions(argv: string[]): Options {
       quick: { type: 'boolean', default: false },
       'no-podman': { type: 'boolean', default: false },
       json: { type: 'string' },
+      ops: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -76,6 +82,7 @@ function parseOptions(argv: string[]): Options {
     podman: !(values['no-podman'] ?? false),
     json: values.json,
     quick,
+    ops: (values.ops ?? '').split(',').map((o) => o.trim()).filter(Boolean),
   };
 }
 
@@ -235,13 +242,16 @@ const OPS = {
   share: 'share (volumesFrom a 10-volume container)',
   mountFake: 'mount+unmount 10 volumes (fake)',
   baseline: 'baseline: 1 mount --bind + umount',
-  mountReal: 'mount+unmount 10 volumes (BindMounter)',
+  syscallFloor: 'floor: 10 binds+unmounts, bare system calls',
+  mountKernel: 'mount+unmount 10 volumes (BindMounter, kernel)',
+  mountReal: 'mount+unmount 10 volumes (BindMounter, util-linux)',
   remove: 'remove -v (10 volumes)',
   prune: 'prune (3 unreferenced volumes)',
   list: 'list containers',
   listVolumes: 'list volumes',
   recoverFake: 'recover (fake)',
-  recoverReal: 'recover (BindMounter)',
+  recoverKernel: 'recover (BindMounter, kernel)',
+  recoverReal: 'recover (BindMounter, util-linux)',
   createShareRemove: 'create+share+remove (fake)',
 } as const;
 
@@ -252,6 +262,7 @@ const PER_CONTAINER_OPS: string[] = [
   OPS.create10,
   OPS.share,
   OPS.mountFake,
+  OPS.mountKernel,
   OPS.mountReal,
   OPS.remove,
   OPS.prune,
@@ -371,7 +382,9 @@ const TEN_PATHS = Array.from({ length: 10 }, (_, i) => `/vol/${i}`);
 interface LibraryContext {
   fake: ContainerRuntime;
   fakeMounter: FakeMounter;
+  /** Real mounts through each engine of BindMounter, on the same store. */
   real: ContainerRuntime | undefined;
+  kernel: ContainerRuntime | undefined;
   /** An empty rootfs for the containers iterations make and remove: they are never mounted. */
   scratchRootfs: string;
   /** Where the baseline bind mount is made. */
@@ -379,6 +392,7 @@ interface LibraryContext {
   source10: ContainerInfo;
   fakeMount10: ContainerInfo;
   realMount10: ContainerInfo | undefined;
+  kernelMount10: ContainerInfo | undefined;
 }
 
 type Recover = () => Promise<unknown>;
@@ -389,7 +403,7 @@ function recoverOf(runtime: ContainerRuntime): Recover | undefined {
   return typeof candidate === 'function' ? (candidate as Recover).bind(runtime) : undefined;
 }
 
-async function benchLibrary(lib: LibraryContext, size: number, limits: Limits, realUnavailable: string | undefined): Promise<Row[]> {
+async function benchLibrary(lib: LibraryContext, size: number, limits: Limits, realUnavailable: string | undefined, only: string[]): Promise<Row[]>{
   const rows: Row[] = [];
   const { fake, real, scratchRootfs: rootfs } = lib;
   const removeWithVolumes = (info: ContainerInfo) => fake.remove(info.id, { volumes: true });
@@ -451,6 +465,20 @@ async function benchLibrary(lib: LibraryContext, size: number, limits: Limits, r
     ],
     // Measured next to the real mounts, at every size, so that both see the same load on the machine.
     [OPS.baseline, real ? baselineBind(lib.baselineDir) : `n/a (${realUnavailable ?? 'no real mounter'})`],
+    [OPS.syscallFloor, real ? syscallFloor(lib.baselineDir) : `n/a (${realUnavailable ?? 'no real mounter'})`],
+    [
+      OPS.mountKernel,
+      lib.kernel && lib.kernelMount10
+        ? job({
+            run: async () => {
+              const id = (lib.kernelMount10 as ContainerInfo).id;
+              const mounted = await (lib.kernel as ContainerRuntime).mount(id);
+              check(mounted.mounted, 'mount marks the container mounted');
+              await (lib.kernel as ContainerRuntime).unmount(id);
+            },
+          })
+        : `n/a (${realUnavailable ?? 'the kernel engine cannot run here'})`,
+    ],
     [
       OPS.mountReal,
       real && lib.realMount10
@@ -504,6 +532,7 @@ async function benchLibrary(lib: LibraryContext, size: number, limits: Limits, r
       }),
     ],
     [OPS.recoverFake, recoverBench(recoverOf(fake))],
+    [OPS.recoverKernel, lib.kernel ? recoverBench(recoverOf(lib.kernel)) : `n/a (${realUnavailable ?? 'the kernel engine cannot run here'})`],
     [
       OPS.recoverReal,
       real ? recoverBench(recoverOf(real)) : `n/a (${realUnavailable ?? 'no real mounter'})`,
@@ -522,6 +551,7 @@ async function benchLibrary(lib: LibraryContext, size: number, limits: Limits, r
   ];
 
   for (const [op, bench] of benches) {
+    if (only.length > 0 && !only.some((text) => op.includes(text))) continue;
     if (typeof bench === 'string') {
       rows.push({ op, size, note: bench });
       continue;
@@ -562,6 +592,56 @@ function baselineBind(dir: string): Job {
     run: async () => {
       await execa('mount', ['--bind', source, target], options);
       await execa('umount', [target], options);
+    },
+  });
+}
+
+/**
+ * The same ten binds and unmounts as a container mount, as bare system calls through
+ * koffi with no checks and no bookkeeping (the kernel engine's pipeline): the floor any
+ * real mounter stands on.
+ */
+function syscallFloor(dir: string): Job | string {
+  let koffi: { load(name: string): { func(prototype: string): (...args: unknown[]) => number } };
+  try {
+    koffi = createRequire(import.meta.url)('koffi');
+  } catch (error) {
+    return `n/a (koffi: ${describeError(error)})`;
+  }
+  const libc = koffi.load('libc.so.6');
+  const syscall = libc.func('long syscall(long number, ...)');
+  const umount2 = libc.func('int umount2(const char *target, int flags)');
+  const close = libc.func('int close(int fd)');
+  // linux/fcntl.h, linux/mount.h, linux/openat2.h; system call numbers from asm-generic/unistd.h.
+  const [O_PATH, O_CLOEXEC, AT_FDCWD, OPEN_TREE_CLONE, MOVE_EMPTY_PATHS, AT_EMPTY_PATH, MS_PRIVATE] = [0o10000000, 0o2000000, -100, 1, 0x44, 0x1000, 1 << 18];
+  const [RDONLY_NOSUID_NODEV, IN_ROOT_NO_MAGICLINKS, MNT_DETACH] = [0x7, 0x12, 2];
+  const openHow = Buffer.alloc(24);
+  openHow.writeBigUInt64LE(BigInt(O_PATH | fs.constants.O_DIRECTORY | O_CLOEXEC), 0);
+  openHow.writeBigUInt64LE(BigInt(IN_ROOT_NO_MAGICLINKS), 16);
+  const attr = Buffer.alloc(32);
+  attr.writeBigUInt64LE(BigInt(RDONLY_NOSUID_NODEV), 0);
+  attr.writeBigUInt64LE(BigInt(MS_PRIVATE), 16);
+  const source = path.join(dir, 'floor-source');
+  const rootfs = path.join(dir, 'floor-rootfs');
+  let root = -1;
+  return job({
+    setup: async () => {
+      if (root >= 0) return;
+      await fsp.mkdir(source, { recursive: true });
+      for (const p of TEN_PATHS) await fsp.mkdir(path.join(rootfs, p), { recursive: true });
+      root = fs.openSync(rootfs, O_PATH | fs.constants.O_DIRECTORY);
+    },
+    run: async () => {
+      for (const p of TEN_PATHS) {
+        const target = syscall(437, 'int', root, 'const char *', p, 'void *', openHow, 'size_t', 24);
+        const tree = syscall(428, 'int', AT_FDCWD, 'const char *', source, 'unsigned int', OPEN_TREE_CLONE | O_CLOEXEC);
+        check(target >= 0 && tree >= 0, 'openat2 and open_tree succeed');
+        check(syscall(442, 'int', tree, 'const char *', '', 'unsigned int', AT_EMPTY_PATH, 'void *', attr, 'size_t', 32) === 0, 'mount_setattr succeeds');
+        check(syscall(429, 'int', tree, 'const char *', '', 'int', target, 'const char *', '', 'unsigned int', MOVE_EMPTY_PATHS) === 0, 'move_mount succeeds');
+        close(tree);
+        close(target);
+      }
+      for (const p of [...TEN_PATHS].reverse()) check(umount2(path.join(rootfs, p), MNT_DETACH) === 0, 'umount2 succeeds');
     },
   });
 }
@@ -795,8 +875,19 @@ function evaluateTargets(rows: Row[], sizes: number[], podman: PodmanResult[] | 
   );
 
   for (const size of sizes) {
+    const kernel = median(rows, OPS.mountKernel, size);
+    const fakeMount = median(rows, OPS.mountFake, size);
+    const baseline = median(rows, OPS.baseline, size);
+    const vsFake = `kernel engine 10-volume mount+unmount ≤ 1.5× the fake's (${size} containers)`;
+    const vsSpawn = `kernel engine 10-volume mount+unmount ≤ 0.5× one mount --bind + umount (${size} containers)`;
+    if (kernel === undefined || fakeMount === undefined) targets.push({ name: vsFake, pass: undefined, detail: 'not measured' });
+    else targets.push({ name: vsFake, pass: kernel / fakeMount <= 1.5, detail: `${fmt(kernel)} ms vs ${fmt(fakeMount)} ms = ${fmt(kernel / fakeMount, 2)}×` });
+    if (kernel === undefined || baseline === undefined) targets.push({ name: vsSpawn, pass: undefined, detail: 'not measured' });
+    else targets.push({ name: vsSpawn, pass: kernel / baseline <= 0.5, detail: `${fmt(kernel)} ms vs ${fmt(baseline)} ms = ${fmt(kernel / baseline, 2)}×` });
+  }
+  for (const size of sizes) {
     const real = median(rows, OPS.mountReal, size);
-    const name = `real 10-volume mount+unmount ≤ 3× one mount --bind + umount (${size} containers)`;
+    const name = `util-linux engine 10-volume mount+unmount ≤ 3× one mount --bind + umount (${size} containers)`;
     const baseline = median(rows, OPS.baseline, size);
     if (real === undefined || baseline === undefined) {
       targets.push({ name, pass: undefined, detail: 'not measured (needs root and unshare)' });
@@ -843,7 +934,9 @@ async function main(): Promise<number> {
   const fakeMounter = new FakeMounter();
   const fake = new ContainerRuntime({ root, mounter: fakeMounter });
   // Same store, real mounts: operations on it see the same number of containers.
-  const real = realUnavailable === undefined ? new ContainerRuntime({ root, mounter: new BindMounter() }) : undefined;
+  const real = realUnavailable === undefined ? new ContainerRuntime({ root, mounter: new BindMounter({ engine: 'util-linux' }) }) : undefined;
+  const kernelMounter = realUnavailable === undefined ? new BindMounter() : undefined;
+  const kernel = kernelMounter?.engine === 'kernel' ? new ContainerRuntime({ root, mounter: kernelMounter }) : undefined;
 
   const scratchRootfs = path.join(rootfsDir, 'scratch');
   await fsp.mkdir(scratchRootfs);
@@ -856,13 +949,15 @@ async function main(): Promise<number> {
     fake,
     fakeMounter,
     real,
+    kernel,
     scratchRootfs,
     baselineDir: path.join(dir, 'baseline'),
     source10: await fake.create({ rootfs: await fixtureRootfs('source10'), volumes: TEN_PATHS }),
     fakeMount10: await fake.create({ rootfs: await fixtureRootfs('fake-mount10'), volumes: TEN_PATHS }),
     realMount10: real ? await real.create({ rootfs: await fixtureRootfs('real-mount10'), volumes: TEN_PATHS }) : undefined,
+    kernelMount10: kernel ? await kernel.create({ rootfs: await fixtureRootfs('kernel-mount10'), volumes: TEN_PATHS }) : undefined,
   };
-  const fixtureCount = real ? 3 : 2;
+  const fixtureCount = 2 + (real ? 1 : 0) + (kernel ? 1 : 0);
 
 
   const rows: Row[] = [];
@@ -873,7 +968,7 @@ async function main(): Promise<number> {
     const ms = await prepopulate(fake, rootfsDir, fixtures, size);
     prepopulation.push({ size, ms, containers: size - grownFrom, volumes: fixtures.volumes });
     progress(`store of ${size} containers (+${fixtureCount} fixtures): grown by ${size - grownFrom} through create() in ${fmt(ms / 1000, 1)} s`);
-    rows.push(...(await benchLibrary(lib, size, limits, realUnavailable)));
+    rows.push(...(await benchLibrary(lib, size, limits, realUnavailable, options.ops)));
   }
 
   let podman: PodmanResult[] | undefined;
