@@ -44,12 +44,10 @@ const LANDS = ['run/postgresql', 'usr/lib/app', `${HOST_ONLY.slice(1)}/www`, 'et
 
 const engines = ['kernel', 'util-linux'] as const;
 
+/** A mounter of that engine, or undefined where it cannot run (the kernel's without koffi). */
 function mounterFor(engine: (typeof engines)[number]): BindMounter | undefined {
-  const mounter = new BindMounter() as BindMounter & { engine?: string };
-  // Until the engine choice exists every BindMounter is util-linux; afterwards each engine is asked for by name.
-  if (mounter.engine === undefined) return engine === 'util-linux' ? mounter : undefined;
   try {
-    return new (BindMounter as unknown as new (o: object) => BindMounter)({ engine });
+    return new BindMounter({ engine });
   } catch {
     return undefined;
   }
