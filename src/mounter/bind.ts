@@ -1,5 +1,4 @@
-import fs from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { optionsObject } from '../context.js';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
@@ -90,7 +89,7 @@ export class BindMounter implements Mounter {
     checkListedDir(dir);
     let real: string;
     try {
-      real = await fs.realpath(dir);
+      real = realpathSync.native(dir);
     } catch (error) {
       if (isErrnoException(error, 'ENOENT')) return [];
       // A directory above it turned into a file, a symlink loop: nothing can be reached there by its path.
