@@ -1,7 +1,7 @@
-import fs from 'node:fs/promises';
 import { ContainerVolumesError } from './errors.js';
 import { debugMount } from './debug.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter/mounter.js';
+import { directoryIdentity } from './mounter/identity.js';
 import { landRequests } from './mounter/mount-target.js';
 import { VOLUME_MOUNT_FLAGS } from './rules/mount-options.js';
 import { compareParentsFirst, isBelow } from './rules/volume-path.js';
@@ -63,12 +63,8 @@ export async function mountedThere(present: readonly MountedVolume[], request: M
 async function sameDirectory(a: string | undefined, b: string): Promise<boolean> {
   if (a === undefined) return false;
   if (a === b) return true;
-  try {
-    const [x, y] = await Promise.all([fs.stat(a), fs.stat(b)]);
-    return x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false;
-  }
+  const x = await directoryIdentity(a);
+  return x !== undefined && x === (await directoryIdentity(b));
 }
 
 /** The plan's mounts that are in place now. */
@@ -237,21 +233,13 @@ async function ofPlan(present: readonly MountedVolume[], plan: readonly MountReq
       continue;
     }
     // Another path to a directory: compare identities, read only when one is needed.
-    identities ??= Promise.all(plan.map((r) => identityOf(r.source))).then((ids) => new Set(ids.filter((id) => id !== undefined)));
-    const identity = await identityOf(m.source);
+    identities ??= Promise.all(plan.map((r) => directoryIdentity(r.source))).then((ids) => new Set(ids.filter((id) => id !== undefined)));
+    const identity = await directoryIdentity(m.source);
     if (identity !== undefined && (await identities).has(identity)) found.push(m);
   }
   return found;
 }
 
-async function identityOf(dir: string): Promise<string | undefined> {
-  try {
-    const { dev, ino } = await fs.stat(dir);
-    return `${dev}:${ino}`;
-  } catch {
-    return undefined;
-  }
-}
 
 async function unmountTargets(mounter: Mounter, targets: readonly MountTarget[], guard: () => void): Promise<void> {
   guard();
