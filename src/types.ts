@@ -68,6 +68,35 @@ export interface RemoveContainerOptions {
   volumes?: boolean;
 }
 
+export interface PruneOptions {
+  /** Delete nothing: report what a prune would delete now. */
+  dryRun?: boolean;
+}
+
 export interface PruneResult {
+  /** The ids of the volumes deleted (with `dryRun`, that would be deleted), sorted. */
   removed: string[];
+}
+
+export interface DiskUsageOptions {
+  /** Stop walking after this many milliseconds and return what was counted, with `complete: false`. No limit by default. */
+  timeout?: number;
+  /** Stops the walk when aborted, like `timeout`: what was counted is returned with `complete: false`. */
+  signal?: AbortSignal;
+  /** Called now and then during the walk with the figures so far (for a progress display). */
+  onProgress?: (usage: DiskUsage) => void;
+}
+
+/** What a volume takes on disk, like `du`; a file with several hard links is counted once. */
+export interface DiskUsage {
+  /** Sum of the sizes of files, directories and symlinks (`du --apparent-size --bytes`). */
+  apparentBytes: number;
+  /** Space allocated on disk, in bytes (`du --block-size=1`): less than apparent for sparse files. */
+  allocatedBytes: number;
+  /** Everything that is not a directory: regular files, symlinks, devices, FIFOs, sockets. */
+  files: number;
+  /** Directories, the volume's own included. */
+  directories: number;
+  /** False when `timeout` ran out or `signal` was aborted before the walk ended: the figures are then a lower bound. */
+  complete: boolean;
 }
