@@ -32,9 +32,11 @@ import { contextOf, VolumeManager } from './volume-manager.js';
  * rootfs. `volumes` manages the volumes themselves.
  */
 export class ContainerRuntime {
+  /** The volumes of this runtime's containers, and the volumes themselves (list, inspect, remove, prune, diskUsage). */
   readonly volumes: VolumeManager;
   readonly #ctx: Context;
 
+  /** Opens nothing yet: the state root is created, if missing, on first use. A relative `root` is refused (ERR_INVALID_ARGUMENT). */
   constructor(options: ContainerVolumesOptions) {
     this.volumes = new VolumeManager(options);
     this.#ctx = contextOf(this.volumes);
@@ -61,6 +63,7 @@ export class ContainerRuntime {
     return toContainerInfo(config);
   }
 
+  /** The container named by `containerId` or any unique prefix of it (`docker inspect`). */
   async get(containerId: string): Promise<ContainerInfo> {
     containerId = await resolveContainer(this.#ctx, containerId);
     return toContainerInfo(await this.#ctx.store.readContainer(containerId));

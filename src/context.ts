@@ -3,6 +3,7 @@ import { ContainerVolumesError, describe } from './errors.js';
 import type { Mounter } from './mounter/mounter.js';
 import { Store } from './store/store.js';
 
+/** What `new ContainerRuntime(options)` and `new VolumeManager(options)` take. */
 export interface ContainerVolumesOptions {
   /** State directory, an absolute path: volumes and configurations live under it. Created if missing. */
   root: string;

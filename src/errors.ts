@@ -33,9 +33,12 @@ export type ErrorCode =
   | 'ERR_HANDLER_RUNNING'
   | 'ERR_INVALID_ARCHIVE';
 
+/** The error every method throws on purpose: branch on its `code`, listed in docs/errors.md. */
 export class ContainerVolumesError extends Error {
+  /** Stable, part of the contract (the message is for people and may change). */
   readonly code: ErrorCode;
 
+  /** An error with a stable `code` and a message naming the container, volume or path concerned. */
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'ContainerVolumesError';
@@ -45,10 +48,14 @@ export class ContainerVolumesError extends Error {
 
 /** A `mount`/`umount` process that failed: carries the command line and what it said. */
 export class MountCommandError extends ContainerVolumesError {
+  /** The command line run, as an argument array. */
   readonly command: readonly string[];
+  /** Its exit code; undefined when it did not exit (killed, or not started). */
   readonly exitCode: number | undefined;
+  /** What it wrote on stderr. */
   readonly stderr: string;
 
+  /** A failed `mount` or `umount` run, with its command line, exit code and stderr (`details`). */
   constructor(
     code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED',
     message: string,

@@ -38,6 +38,7 @@ export function contextOf(manager: VolumeManager): Context {
 export class VolumeManager {
   readonly #ctx: Context;
 
+  /** Usually reached as `runtime.volumes`; standalone, it works on the store at `options.root` like a runtime would. */
   constructor(options: ContainerVolumesOptions) {
     this.#ctx = createContext(options);
     contexts.set(this, this.#ctx);

@@ -245,8 +245,9 @@ async function diskUsage(cli: Cli): Promise<void> {
     ),
   );
   const unused = rows.filter((r) => r.usedBy.length === 0);
+  const lowerBound = partial.length > 0 ? '>=' : '';
   cli.out(
-    `\n${rows.length} volume(s), ${bytes(total)} (${bytes(allocated)} allocated); ${unused.length} unused, ${bytes(unused.reduce((s, r) => s + r.usage.apparentBytes, 0))} reclaimable by prune\n`,
+    `\n${rows.length} volume(s), ${lowerBound}${bytes(total)} (${lowerBound}${bytes(allocated)} allocated); ${unused.length} unused, ${bytes(unused.reduce((s, r) => s + r.usage.apparentBytes, 0))} reclaimable by prune\n`,
   );
 }
 
