@@ -44,6 +44,7 @@ if (!ok) process.exit(1);
 // citations of documents it does not hold and links to files it lacks.
 const tarball = path.join(results, 'package');
 fs.rmSync(tarball, { recursive: true, force: true });
+fs.mkdirSync(tarball, { recursive: true });
 ok =
   step('API reference (typedoc, warnings are errors)', 'npx', ['typedoc']) &&
   step('pack', 'npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', tarball]) &&
@@ -53,7 +54,6 @@ ok =
 if (!ok) process.exit(1);
 
 function packed(dir) {
-  fs.mkdirSync(dir, { recursive: true });
   return fs.readdirSync(dir).filter((name) => name.endsWith('.tgz')).map((name) => path.join(dir, name));
 }
 
