@@ -1,9 +1,9 @@
 import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
 import { createContainer, removeContainer } from './containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
-import { checkReference } from './rules/ids.js';
+import { resolveContainer } from './references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
-import { parseVolumesFrom } from './rules/volumes-from.js';
+import { parseVolumesFrom, type VolumesFromSpec } from './rules/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
@@ -32,9 +32,11 @@ import { contextOf, VolumeManager } from './volume-manager.js';
  * rootfs. `volumes` manages the volumes themselves.
  */
 export class ContainerRuntime {
+  /** The volumes of this runtime's containers, and the volumes themselves (list, inspect, remove, prune, diskUsage). */
   readonly volumes: VolumeManager;
   readonly #ctx: Context;
 
+  /** Opens nothing yet: the state root is created, if missing, on first use. A relative `root` is refused (ERR_INVALID_ARGUMENT). */
   constructor(options: ContainerVolumesOptions) {
     this.volumes = new VolumeManager(options);
     this.#ctx = contextOf(this.volumes);
@@ -48,7 +50,12 @@ export class ContainerRuntime {
     if (given.volumesFrom !== undefined && !Array.isArray(given.volumesFrom)) {
       throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom must be an array, got ${describe(given.volumesFrom)}`);
     }
-    const volumesFrom = (given.volumesFrom ?? []).map(parseVolumesFrom);
+    // In order, each entry wholly checked before the next: the first bad entry is the one reported.
+    const volumesFrom: VolumesFromSpec[] = [];
+    for (const entry of given.volumesFrom ?? []) {
+      const parsed = parseVolumesFrom(entry);
+      volumesFrom.push({ ...parsed, containerId: await resolveContainer(this.#ctx, parsed.containerId) });
+    }
     const copyUp = optionalBoolean(given.copyUp, 'copyUp') ?? true;
     const config = await this.#ctx.store.exclusive(() =>
       createContainer(this.#ctx, { rootfs: given.rootfs, paths, volumesFrom, copyUp }),
@@ -56,8 +63,9 @@ export class ContainerRuntime {
     return toContainerInfo(config);
   }
 
+  /** The container named by `containerId` or any unique prefix of it (`docker inspect`). */
   async get(containerId: string): Promise<ContainerInfo> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     return toContainerInfo(await this.#ctx.store.readContainer(containerId));
   }
 
@@ -83,7 +91,7 @@ export class ContainerRuntime {
    * container is refused (ERR_HANDLER_RUNNING); `force` kills a command handler first.
    */
   async remove(containerId: string, options?: RemoveContainerOptions): Promise<void> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     const given = optionsObject<RemoveContainerOptions>(options, 'options', ['force', 'volumes']);
     const force = optionalBoolean(given.force, 'options.force') ?? false;
     const volumes = optionalBoolean(given.volumes, 'options.volumes') ?? false;
@@ -102,8 +110,8 @@ export class ContainerRuntime {
    */
   runHandler<T>(containerId: string, handler: HandlerFunction<T>, options?: HandlerOptions): Promise<T>;
   runHandler(containerId: string, handler: CommandHandler): Promise<CommandResult>;
-  runHandler(containerId: string, handler: unknown, options?: unknown): Promise<unknown> {
-    return runHandler(this.#ctx, containerId, handler, options);
+  async runHandler(containerId: string, handler: unknown, options?: unknown): Promise<unknown> {
+    return runHandler(this.#ctx, await resolveContainer(this.#ctx, containerId), handler, options);
   }
 
   /**
@@ -112,8 +120,8 @@ export class ContainerRuntime {
    * ids, creation time). Resolves to the manifest and tar's `warnings` (files that
    * changed while read, sockets skipped). The volumes are shared read-only while it runs.
    */
-  backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupResult> {
-    return backup(this.#ctx, containerId, destination, options);
+  async backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupResult> {
+    return backup(this.#ctx, await resolveContainer(this.#ctx, containerId), destination, options);
   }
 
   /**
@@ -140,13 +148,13 @@ export class ContainerRuntime {
    * runtime such as runc to apply itself (do not also `mount` the container).
    */
   async ociMounts(containerId: string): Promise<OciMount[]> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     return ociMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 
   /** The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration, parents first. */
   async lxcMountEntries(containerId: string): Promise<string[]> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     return lxcMountEntries(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 

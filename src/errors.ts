@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'ERR_INVALID_MODE'
   | 'ERR_CONTAINER_NOT_FOUND'
   | 'ERR_VOLUME_NOT_FOUND'
+  | 'ERR_AMBIGUOUS_ID'
   | 'ERR_DUPLICATE_MOUNT_POINT'
   | 'ERR_SHARE_FROM_SELF'
   | 'ERR_MOUNT_POINT_NOT_DIRECTORY'
@@ -34,9 +35,12 @@ export type ErrorCode =
   | 'ERR_HANDLER_RUNNING'
   | 'ERR_INVALID_ARCHIVE';
 
+/** The error every method throws on purpose: branch on its `code`, listed in docs/errors.md. */
 export class ContainerVolumesError extends Error {
+  /** Stable, part of the contract (the message is for people and may change). */
   readonly code: ErrorCode;
 
+  /** An error with a stable `code` and a message naming the container, volume or path concerned. */
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'ContainerVolumesError';
@@ -46,10 +50,14 @@ export class ContainerVolumesError extends Error {
 
 /** A `mount`/`umount` process that failed: carries the command line and what it said. */
 export class MountCommandError extends ContainerVolumesError {
+  /** The command line run, as an argument array. */
   readonly command: readonly string[];
+  /** Its exit code; undefined when it did not exit (killed, or not started). */
   readonly exitCode: number | undefined;
+  /** What it wrote on stderr. */
   readonly stderr: string;
 
+  /** A failed `mount` or `umount` run, with its command line, exit code and stderr (`details`). */
   constructor(
     code: 'ERR_MOUNT_FAILED' | 'ERR_UNMOUNT_FAILED',
     message: string,

@@ -26,9 +26,19 @@ export interface RecoveryReport {
    */
   removedHandlers: string[];
   /** Mounts of the store's volumes that no configuration wants there (or stacked twice), detached. */
-  unmounted: { containerId: string; path: string }[];
+  unmounted: {
+    /** The container whose volume it was (or would have been). */
+    containerId: string;
+    /** The container path. */
+    path: string;
+  }[];
   /** Mounts of containers meant to be mounted that were missing or wrong, made again. */
-  remounted: { containerId: string; path: string }[];
+  remounted: {
+    /** The container mounted again. */
+    containerId: string;
+    /** The container path. */
+    path: string;
+  }[];
   /** Volume directories made by a create that never completed, deleted. */
   removedVolumes: string[];
   /** Leftovers of interrupted writes and deletes (paths relative to the store's root), deleted. */
@@ -39,7 +49,14 @@ export interface RecoveryReport {
    * moved aside to `corrupt/`), with the error's code and message; recover() went on
    * with the others.
    */
-  failed: { containerId: string; code: string; message: string }[];
+  failed: {
+    /** The container concerned. */
+    containerId: string;
+    /** The error's code. */
+    code: string;
+    /** The error's message. */
+    message: string;
+  }[];
 }
 
 /**

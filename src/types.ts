@@ -3,22 +3,36 @@
 export type Mode = 'rw' | 'ro';
 
 /** Where a container's volume mount came from: made for it, or shared from another container. */
-export type Origin = 'created' | { from: string };
+export type Origin =
+  | 'created'
+  | {
+      /** The container the volume was shared from. */
+      from: string;
+    };
 
 /** One entry of a container's configuration: which volume is mounted at which path. */
 export interface VolumeMount {
+  /** The container path the volume is mounted at (`/var/lib/postgres`). */
   path: string;
+  /** The volume's id. */
   volumeId: string;
+  /** Read-write or read-only, in this container. */
   mode: Mode;
+  /** Made for this container, or shared from another (`{ from: containerId }`). */
   origin: Origin;
 }
 
+/** A container as `get`, `list`, `create` and `mount` report it: a copy, safe to change. */
 export interface ContainerInfo {
+  /** The container's id, a lower-case uuid (any unique prefix of it names the container). */
   id: string;
+  /** The host directory holding the container's root filesystem. */
   rootfs: string;
+  /** Its volumes, parents first. */
   volumes: VolumeMount[];
   /** True between a successful `mount` and the next `unmount`: the runtime means it to be mounted. */
   mounted: boolean;
+  /** When the container was created, ISO 8601. */
   createdAt: string;
   /**
    * Set on a handler's transient container only: `pid` is the process running the
@@ -26,22 +40,35 @@ export interface ContainerInfo {
    * namespace, never on the host; it cannot be mounted, nor removed while the handler
    * runs (ERR_HANDLER_RUNNING).
    */
-  handler?: { pid: number };
+  handler?: {
+    /** The process running the handler. */
+    pid: number;
+  };
 }
 
+/** One container's use of a volume. */
 export interface VolumeUse {
+  /** The container using the volume. */
   containerId: string;
+  /** Where, inside it. */
   path: string;
+  /** How: read-write or read-only. */
   mode: Mode;
 }
 
+/** A volume as `volumes.list` and `volumes.inspect` report it. */
 export interface VolumeInfo {
+  /** The volume's id, a lower-case uuid (any unique prefix of it names the volume). */
   id: string;
+  /** Its directory on the host, under the state root: the volume's data. */
   hostPath: string;
+  /** When it was created, ISO 8601 (the birth time of its directory). */
   createdAt: string;
+  /** Every container that references it, mounted or not; empty for an unused volume. */
   usedBy: VolumeUse[];
 }
 
+/** What `create` makes: `docker create -v PATH… --volumes-from ID[:ro|:rw]…`. */
 export interface CreateContainerSpec {
   /** Host directory holding the container's root filesystem. Must exist. */
   rootfs: string;
@@ -53,14 +80,19 @@ export interface CreateContainerSpec {
   copyUp?: boolean;
 }
 
+/** Options of `createVolumes`. */
 export interface CreateVolumesOptions {
+  /** Copy what the rootfs holds at each new volume's path into it. Default true. */
   copyUp?: boolean;
 }
 
+/** Options of `shareVolumesFrom`. */
 export interface ShareOptions {
+  /** `'ro'` shares every volume read-only; `'rw'` or none keeps each volume's own mode (never makes a read-only one writable). */
   mode?: Mode;
 }
 
+/** Options of `remove`: `docker rm [-f] [-v]`. */
 export interface RemoveContainerOptions {
   /** Unmount a mounted container first instead of refusing. */
   force?: boolean;
@@ -68,6 +100,38 @@ export interface RemoveContainerOptions {
   volumes?: boolean;
 }
 
+/** Options of `volumes.prune`. */
+export interface PruneOptions {
+  /** Delete nothing: report what a prune would delete now. */
+  dryRun?: boolean;
+}
+
+/** What `volumes.prune` did, or with `dryRun` would do. */
 export interface PruneResult {
+  /** The ids of the volumes deleted (with `dryRun`, that would be deleted), sorted. */
   removed: string[];
+}
+
+/** Options of `volumes.diskUsage`. */
+export interface DiskUsageOptions {
+  /** Stop walking after this many milliseconds and return what was counted, with `complete: false`. No limit by default. */
+  timeout?: number;
+  /** Stops the walk when aborted, like `timeout`: what was counted is returned with `complete: false`. */
+  signal?: AbortSignal;
+  /** Called now and then during the walk with the figures so far (for a progress display). */
+  onProgress?: (usage: DiskUsage) => void;
+}
+
+/** What a volume takes on disk, like `du`; a file with several hard links is counted once. */
+export interface DiskUsage {
+  /** Sum of the sizes of files, directories and symlinks (`du --apparent-size --bytes`). */
+  apparentBytes: number;
+  /** Space allocated on disk, in bytes (`du --block-size=1`): less than apparent for sparse files. */
+  allocatedBytes: number;
+  /** Everything that is not a directory: regular files, symlinks, devices, FIFOs, sockets. */
+  files: number;
+  /** Directories, the volume's own included. */
+  directories: number;
+  /** False when `timeout` ran out or `signal` was aborted before the walk ended: the figures are then a lower bound. */
+  complete: boolean;
 }

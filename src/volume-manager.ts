@@ -1,13 +1,24 @@
-import { ContainerVolumesError, isErrnoException } from './errors.js';
+import { ContainerVolumesError, describe, isErrnoException } from './errors.js';
+import { measureTree } from './disk-usage.js';
 import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
 import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
 import { checkPlaces } from './mount-plan.js';
 import { checkReadOnlyParents } from './read-only-parents.js';
 import { checkMode, sharedMounts } from './rules/volumes-from.js';
-import { checkReference } from './rules/ids.js';
+import { resolveContainer, resolveVolume } from './references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
-import type { ContainerInfo, CreateVolumesOptions, PruneResult, ShareOptions, VolumeInfo, VolumeMount } from './types.js';
+import type {
+  ContainerInfo,
+  CreateVolumesOptions,
+  DiskUsage,
+  DiskUsageOptions,
+  PruneOptions,
+  PruneResult,
+  ShareOptions,
+  VolumeInfo,
+  VolumeMount,
+} from './types.js';
 import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
 import type { MountedVolume } from './mounter/mounter.js';
 import { checkNotMountedElsewhere } from './mounted-elsewhere.js';
@@ -27,6 +38,7 @@ export function contextOf(manager: VolumeManager): Context {
 export class VolumeManager {
   readonly #ctx: Context;
 
+  /** Usually reached as `runtime.volumes`; standalone, it works on the store at `options.root` like a runtime would. */
   constructor(options: ContainerVolumesOptions) {
     this.#ctx = createContext(options);
     contexts.set(this, this.#ctx);
@@ -39,7 +51,7 @@ export class VolumeManager {
 
   /** Adds one new volume per path to a container (`-v`); copy-up as in `create`. Resolves to the mounts added. */
   async createVolumes(containerId: string, paths: string[], options?: CreateVolumesOptions): Promise<VolumeMount[]> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     const clean = normalizeVolumePaths(paths);
     const copyUp = optionalBoolean(optionsObject<CreateVolumesOptions>(options, 'options', ['copyUp']).copyUp, 'options.copyUp') ?? true;
     const ctx = this.#ctx;
@@ -68,8 +80,8 @@ export class VolumeManager {
    * ERR_DUPLICATE_MOUNT_POINT. Resolves to the mounts added.
    */
   async shareVolumesFrom(containerId: string, sourceId: string, options?: ShareOptions): Promise<VolumeMount[]> {
-    checkReference(containerId, 'container');
-    checkReference(sourceId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
+    sourceId = await resolveContainer(this.#ctx, sourceId);
     const mode = checkMode(optionsObject<ShareOptions>(options, 'options', ['mode']).mode, `sharing from ${sourceId}`);
     if (containerId === sourceId) {
       throw new ContainerVolumesError('ERR_SHARE_FROM_SELF', `container ${containerId} cannot share volumes from itself`);
@@ -94,14 +106,14 @@ export class VolumeManager {
    * left alone. All or nothing: if one mount fails, those made by the call are undone.
    */
   async mount(containerId: string): Promise<ContainerInfo> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     const ctx = this.#ctx;
     return toContainerInfo(await ctx.store.exclusive(() => mountContainer(ctx, containerId)));
   }
 
   /** Undoes `mount`, children first. Idempotent; if one unmount fails, the others are mounted again. */
   async unmount(containerId: string): Promise<ContainerInfo> {
-    checkReference(containerId, 'container');
+    containerId = await resolveContainer(this.#ctx, containerId);
     const ctx = this.#ctx;
     return toContainerInfo(await ctx.store.exclusive(async () => unmountContainer(ctx, await ctx.store.readContainer(containerId))));
   }
@@ -119,14 +131,14 @@ export class VolumeManager {
 
   /** A volume's host path, creation time, and which containers use it at which path. */
   async inspect(volumeId: string): Promise<VolumeInfo> {
-    checkReference(volumeId, 'volume');
+    volumeId = await resolveVolume(this.#ctx, volumeId);
     await this.#existing(volumeId);
     return this.#info(volumeId, new Map([[volumeId, await volumeUsers(this.#ctx, volumeId)]]));
   }
 
   /** Deletes a volume and its data; refused while any container references it, mounted or not. */
   async remove(volumeId: string): Promise<void> {
-    checkReference(volumeId, 'volume');
+    volumeId = await resolveVolume(this.#ctx, volumeId);
     const ctx = this.#ctx;
     await ctx.store.exclusive(async () => {
       await this.#existing(volumeId);
@@ -143,8 +155,13 @@ export class VolumeManager {
     });
   }
 
-  /** Deletes every volume no container references; one that is mounted anywhere, or has something mounted inside, is kept. */
-  async prune(): Promise<PruneResult> {
+  /**
+   * Deletes every volume no container references; one that is mounted anywhere, or has
+   * something mounted inside, is kept. With `dryRun`, deletes nothing and changes nothing
+   * in the store: `removed` lists the volumes a prune would delete now, after the same checks.
+   */
+  async prune(options?: PruneOptions): Promise<PruneResult> {
+    const dryRun = optionalBoolean(optionsObject<PruneOptions>(options, 'options', ['dryRun']).dryRun, 'options.dryRun') ?? false;
     const ctx = this.#ctx;
     return ctx.store.exclusive(async () => {
       const removed: string[] = [];
@@ -155,7 +172,7 @@ export class VolumeManager {
       let mounts: Promise<MountedVolume[]> | undefined;
       for (const id of candidates) {
         if (!(await ctx.store.volumeExists(id)) || (await volumeUsers(ctx, id, true)).length > 0) {
-          ctx.store.index.forget(id, { refs: false });
+          if (!dryRun) ctx.store.index.forget(id, { refs: false });
           continue;
         }
         try {
@@ -165,11 +182,38 @@ export class VolumeManager {
           debugStore('prune keeps %s: %s', id, (error as Error).message);
           continue;
         }
-        await ctx.store.deleteVolumeDir(id);
+        if (!dryRun) await ctx.store.deleteVolumeDir(id);
         removed.push(id);
       }
-      for (const { containerId } of pending) await ctx.store.clearPending(containerId);
-      return { removed };
+      if (!dryRun) for (const { containerId } of pending) await ctx.store.clearPending(containerId);
+      return { removed: removed.sort() };
+    });
+  }
+
+  /**
+   * How much space a volume takes, like `du`: apparent and allocated bytes, files and
+   * directories, a file with several hard links counted once. Walks the volume's own
+   * file system only (like `du -x`) and never follows a symlink. `timeout` (ms) bounds
+   * the walk on a very large volume, and `signal` stops it: either way the figures
+   * counted so far are returned with `complete: false` (a lower bound), not an error.
+   */
+  async diskUsage(volumeId: string, options?: DiskUsageOptions): Promise<DiskUsage> {
+    volumeId = await resolveVolume(this.#ctx, volumeId);
+    const given = optionsObject<DiskUsageOptions>(options, 'options', ['timeout', 'signal', 'onProgress']);
+    const { timeout, signal, onProgress } = given;
+    if (timeout !== undefined && !(Number.isSafeInteger(timeout) && timeout > 0)) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `options.timeout must be a whole number of milliseconds above 0, got ${describe(timeout)}`);
+    }
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `options.signal must be an AbortSignal, got ${describe(signal)}`);
+    }
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `options.onProgress must be a function, got ${describe(onProgress)}`);
+    }
+    await this.#existing(volumeId);
+    return measureTree(this.#ctx.store.volumeDir(volumeId), { timeout, signal, onProgress }).catch(ifGone(undefined)).then((usage) => {
+      if (usage === undefined) throw new ContainerVolumesError('ERR_VOLUME_NOT_FOUND', `no such volume: ${volumeId} (deleted while measured)`);
+      return usage;
     });
   }
 

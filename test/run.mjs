@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// `npm test`: build (examples import the built package), type-check, the unit suite
+// `npm test`: build (examples import the built package), type-check, the API reference and
+// the package checks, the unit suite
 // (fake mounter), then the real-mount suite as root inside a private mount namespace.
 // When the real-mount suite cannot run, this says so loudly, and with CI=true fails.
 import { spawnSync } from 'node:child_process';
@@ -36,6 +37,25 @@ function canMountForReal() {
 // Build first: the examples are type-checked against the built package, as a user would import it.
 let ok = step('build', 'npx', ['tsup', '--silent']) && step('typecheck', 'npx', ['tsc', '--noEmit']);
 if (!ok) process.exit(1);
+
+// The package as npm would publish it: the API reference (every public symbol documented,
+// typedoc's warnings are errors), then the packed tarball checked by publint and
+// arethetypeswrong (the node16 profile: Node 20 resolves through `exports`), and for
+// citations of documents it does not hold and links to files it lacks.
+const tarball = path.join(results, 'package');
+fs.rmSync(tarball, { recursive: true, force: true });
+fs.mkdirSync(tarball, { recursive: true });
+ok =
+  step('API reference (typedoc, warnings are errors)', 'npx', ['typedoc']) &&
+  step('pack', 'npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', tarball]) &&
+  step('package contents', process.execPath, ['test/package-check.mjs']) &&
+  step('publint', 'npx', ['publint', '--strict', ...packed(tarball)]) &&
+  step('arethetypeswrong', 'npx', ['attw', '--profile', 'node16', ...packed(tarball)]);
+if (!ok) process.exit(1);
+
+function packed(dir) {
+  return fs.readdirSync(dir).filter((name) => name.endsWith('.tgz')).map((name) => path.join(dir, name));
+}
 
 const unitFile = path.join(results, 'unit.json');
 ok = step('unit tests (fake mounter)', process.execPath, [...jest, '--selectProjects', 'unit', '--json', `--outputFile=${unitFile}`, ...forwarded]) && ok;

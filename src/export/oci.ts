@@ -4,9 +4,13 @@ import type { ContainerInfo } from '../types.js';
 
 /** One entry of the `mounts` array of an OCI runtime-spec `config.json`. */
 export interface OciMount {
+  /** The container path. */
   destination: string;
+  /** Always a bind mount. */
   type: 'bind';
+  /** The volume's host directory. */
   source: string;
+  /** Mount options: `bind`, the mode (`ro` or `rw`), `nosuid`, `nodev`, `rprivate`. */
   options: string[];
 }
 

@@ -1,7 +1,7 @@
 import { ContainerVolumesError, describe } from '../errors.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { Mode, VolumeMount } from '../types.js';
-import { checkReference } from './ids.js';
+import { checkReferenceShape } from './ids.js';
 
 export interface VolumesFromSpec {
   containerId: string;
@@ -15,18 +15,19 @@ export function checkMode(value: unknown, concerning: string): Mode | undefined 
 }
 
 /**
- * Parses one `--volumes-from` entry: `<id>`, `<id>:ro` or `<id>:rw`. The mode is checked
- * first: a bad suffix is ERR_INVALID_MODE whatever precedes it.
+ * Parses one `--volumes-from` entry: `<id>`, `<id>:ro` or `<id>:rw`, where `<id>` may be a
+ * prefix of an id (the caller resolves it). The mode is checked first: a bad suffix is
+ * ERR_INVALID_MODE whatever precedes it.
  */
 export function parseVolumesFrom(entry: unknown): VolumesFromSpec {
   if (typeof entry !== 'string') {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom entries must be strings, got ${describe(entry)}`);
   }
   const colon = entry.indexOf(':');
-  if (colon === -1) return { containerId: checkReference(entry, 'container'), mode: undefined };
+  if (colon === -1) return { containerId: checkReferenceShape(entry, 'container'), mode: undefined };
   // A string is never undefined, so checkMode either returns 'ro' | 'rw' or throws ('' included).
   const mode = checkMode(entry.slice(colon + 1), `volumesFrom ${JSON.stringify(entry)}`);
-  return { containerId: checkReference(entry.slice(0, colon), 'container'), mode };
+  return { containerId: checkReferenceShape(entry.slice(0, colon), 'container'), mode };
 }
 
 /**

@@ -179,9 +179,19 @@ export class Store {
     return { configs, corrupt };
   }
 
-  private async readAll(onCorrupt?: (containerId: string, error: ContainerVolumesError) => void): Promise<ContainerConfig[]> {
+  /** The id of every container, from the file names alone: nothing is read. */
+  async listContainerIds(): Promise<string[]> {
+    await this.open();
+    return this.containerIdsOnDisk().catch((error: unknown) => this.failed(error));
+  }
+
+  private async containerIdsOnDisk(): Promise<string[]> {
     const names = await fs.readdir(path.join(this.root, 'containers'));
-    const ids = names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
+    return names.filter((n) => n.endsWith('.json') && isId(n.slice(0, -5))).map((n) => n.slice(0, -5));
+  }
+
+  private async readAll(onCorrupt?: (containerId: string, error: ContainerVolumesError) => void): Promise<ContainerConfig[]> {
+    const ids = await this.containerIdsOnDisk();
     const configs: ContainerConfig[] = [];
     const read = (id: string) =>
       this.readConfig(id, this.configFile(id)).catch((error: unknown) => {

@@ -231,6 +231,8 @@ describe('constructors: new ContainerRuntime(options) and new VolumeManager(opti
     { name: 'options {}', options: () => ({}), names: ['root'] },
     { name: 'root missing', options: (w) => ({ mounter: w.fake }), names: ['root'] },
     { name: "root ''", options: (w) => ({ root: '', mounter: w.fake }), names: ['root', '""'] },
+    { name: "root relative 'state'", options: (w) => ({ root: 'state', mounter: w.fake }), names: ['root', '"state"', 'absolute'] },
+    { name: "root relative './'", options: (w) => ({ root: './', mounter: w.fake }), names: ['root', '"./"', 'absolute'] },
     { name: 'root a number', options: (w) => ({ root: 42, mounter: w.fake }), names: ['root', 'number'] },
     { name: 'root null', options: (w) => ({ root: null, mounter: w.fake }), names: ['root', 'null'] },
     { name: 'root with a NUL byte', options: (w) => ({ root: `${w.root}\0x`, mounter: w.fake }), names: ['root'] },
@@ -300,7 +302,10 @@ describe('ids: any string that names nothing is ERR_*_NOT_FOUND, well-formed or 
   /** Each bad id is a variant of a real one (`existing`), so a lax check would hit a real container or volume. */
   const MALFORMED: { label: string; value: (existing: string) => unknown }[] = [
     { label: "''", value: () => '' },
-    { label: "'db'", value: () => 'db' },
+    { label: "'postgres' (a name: not hex)", value: () => 'postgres' },
+    { label: "a prefix in upper case 'ABCDEF'", value: () => 'ABCDEF' },
+    { label: 'a prefix with a trailing slash', value: (id) => `${id.slice(0, 8)}/` },
+    { label: 'longer than an id', value: (id) => `${id}0` },
     { label: 'upper-case uuid', value: (id) => id.toUpperCase() },
     { label: 'uuid in braces', value: (id) => `{${id}}` },
     { label: 'uuid without dashes', value: (id) => id.replaceAll('-', '') },
@@ -388,6 +393,7 @@ describe('ids: any string that names nothing is ERR_*_NOT_FOUND, well-formed or 
     },
     { name: 'volumes.inspect', what: 'volume', existing: (w) => w.pgVolume, call: (w, id) => w.volumes.inspect(asId(id)) },
     { name: 'volumes.remove', what: 'volume', existing: (w) => w.orphanVolume, call: (w, id) => w.volumes.remove(asId(id)) },
+    { name: 'volumes.diskUsage', what: 'volume', existing: (w) => w.pgVolume, call: (w, id) => w.volumes.diskUsage(asId(id)) },
   ];
 
   /** Well-formed ids that name nothing of the right kind. */
@@ -426,6 +432,34 @@ describe('ids: any string that names nothing is ERR_*_NOT_FOUND, well-formed or 
       );
     });
   }
+});
+
+// ---------------------------------------------------------------------------------------
+// prune(options) and diskUsage(volumeId, options)
+// ---------------------------------------------------------------------------------------
+
+describe('volumes.prune(options) and volumes.diskUsage(volumeId, options) refuse bad options (ERR_INVALID_ARGUMENT)', () => {
+  const world = useWorld();
+  const prune = (options: unknown) => (w: World) => w.volumes.prune(options as never);
+  const diskUsage = (options: unknown) => (w: World) => w.volumes.diskUsage(w.pgVolume, options as never);
+  runCases(
+    [
+      { name: 'prune(null)', call: prune(null), code: 'ERR_INVALID_ARGUMENT', names: () => ['options', 'null'] },
+      { name: "prune('dry-run')", call: prune('dry-run'), code: 'ERR_INVALID_ARGUMENT', names: () => ['options'] },
+      { name: "prune({ dryRun: 'yes' })", call: prune({ dryRun: 'yes' }), code: 'ERR_INVALID_ARGUMENT', names: () => ['dryRun'] },
+      { name: 'prune({ dryRun: 1 })', call: prune({ dryRun: 1 }), code: 'ERR_INVALID_ARGUMENT', names: () => ['dryRun'] },
+      { name: 'prune({ dryrun: true }) (typo)', call: prune({ dryrun: true }), code: 'ERR_INVALID_ARGUMENT', names: () => ['dryrun'] },
+      { name: 'diskUsage(id, 1000)', call: diskUsage(1000), code: 'ERR_INVALID_ARGUMENT', names: () => ['options'] },
+      { name: 'diskUsage(id, { timeout: 0 })', call: diskUsage({ timeout: 0 }), code: 'ERR_INVALID_ARGUMENT', names: () => ['timeout'] },
+      { name: 'diskUsage(id, { timeout: -1 })', call: diskUsage({ timeout: -1 }), code: 'ERR_INVALID_ARGUMENT', names: () => ['timeout'] },
+      { name: 'diskUsage(id, { timeout: 1.5 })', call: diskUsage({ timeout: 1.5 }), code: 'ERR_INVALID_ARGUMENT', names: () => ['timeout'] },
+      { name: "diskUsage(id, { timeout: '10' })", call: diskUsage({ timeout: '10' }), code: 'ERR_INVALID_ARGUMENT', names: () => ['timeout'] },
+      { name: 'diskUsage(id, { signal: {} })', call: diskUsage({ signal: {} }), code: 'ERR_INVALID_ARGUMENT', names: () => ['signal'] },
+      { name: "diskUsage(id, { onProgress: 'x' })", call: diskUsage({ onProgress: 'x' }), code: 'ERR_INVALID_ARGUMENT', names: () => ['onProgress'] },
+      { name: 'diskUsage(id, { deadline: 5 }) (unknown)', call: diskUsage({ deadline: 5 }), code: 'ERR_INVALID_ARGUMENT', names: () => ['deadline'] },
+    ],
+    world,
+  );
 });
 
 // ---------------------------------------------------------------------------------------
@@ -624,7 +658,7 @@ describe('runtime.create(spec)', () => {
           ["upper-case uuid with ':ro'", (w: World) => `${w.db.id.toUpperCase()}:ro`],
           ["''", () => ''],
           ["':ro'", () => ':ro'],
-          ["'db'", () => 'db'],
+          ["'postgres'", () => 'postgres'],
           ["'..'", () => '..'],
           ["'../<id>'", (w: World) => `../${w.db.id}`],
           ["'<id>/..'", (w: World) => `${w.db.id}/..`],

@@ -194,7 +194,7 @@ describe('create with volumesFrom: sharing (seed §2)', () => {
     const before = await snapshotTree(root);
     for (const entry of ['nonexistent', 'nonexistent:ro', '../nonexistent']) {
       const error = await expectCode(runtime.create({ rootfs: fsRoot, volumesFrom: [entry] }), 'ERR_CONTAINER_NOT_FOUND');
-      expect(error.message).toMatch(/no such container: ".*nonexistent" \(not a valid container id\)/);
+      expect(error.message).toMatch(/no such container: ".*nonexistent" \(not a valid container id/);
     }
     await expectCode(runtime.get('nonexistent'), 'ERR_CONTAINER_NOT_FOUND');
     await expectCode(runtime.volumes.inspect('nonexistent'), 'ERR_VOLUME_NOT_FOUND');

@@ -312,7 +312,8 @@ class Create extends Base {
     const entries = this.#from.map((resolved, i) => {
       const id = realRef(w.containerIds, resolved, UNKNOWN_CONTAINER);
       const { suffix } = this.from[i] as FromEntry;
-      return suffix === '' ? id : `${String(id)}${suffix}`;
+      // With a suffix, a number becomes part of a string: '#42', never '42', which may begin a real id.
+      return suffix === '' ? id : `${typeof id === 'number' ? `#${id}` : String(id)}${suffix}`;
     });
     const modelFrom = this.#from.map(
       (resolved, i): ModelVolumesFrom => ({

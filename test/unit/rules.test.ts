@@ -55,7 +55,11 @@ describe('--volumes-from entries', () => {
     expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_MODE' }));
   });
 
-  test.each([['abc'], ['nonexistent'], [ID.toUpperCase()], ['../etc'], [`${ID}/x`], [':ro'], [''], ['abc:rw']])(
+  test.each([['abc', undefined], ['abc:rw', 'rw'], [`${ID.slice(0, 9)}:ro`, 'ro']])('%j may begin an id: the caller resolves it', (entry, mode) => {
+    expect(parseVolumesFrom(entry)).toEqual({ containerId: entry.split(':')[0], mode });
+  });
+
+  test.each([['xyz'], ['nonexistent'], [ID.toUpperCase()], ['../etc'], [`${ID}/x`], [':ro'], [''], ['xyz:rw'], [`${ID}0`]])(
     '%j names no container: ERR_CONTAINER_NOT_FOUND',
     (entry) => {
       expect(() => parseVolumesFrom(entry)).toThrow(expect.objectContaining({ code: 'ERR_CONTAINER_NOT_FOUND' }));
