@@ -28,6 +28,7 @@ export function bindMounterIn(pid: number): BindMounter {
   return mounter;
 }
 
+/** Options of `new BindMounter(options)`. */
 export interface BindMounterOptions {
   /**
    * Which engine makes the mounts: 'kernel' (the kernel's mount API through koffi) or
@@ -50,6 +51,13 @@ export class BindMounter implements Mounter {
   readonly engine: MountEngine;
   readonly #kernel: KernelEngine | undefined;
 
+  /**
+   * Chooses the engine once, for the mounter's lifetime (see `BindMounterOptions.engine`).
+   * A forced engine that cannot run here is ERR_MOUNT_ENGINE_UNAVAILABLE; an unknown one,
+   * or options that are not an object or have unknown keys, ERR_INVALID_ARGUMENT.
+   * Construction needs no privilege: the first mount or unmount without CAP_SYS_ADMIN is
+   * ERR_MOUNT_PERMISSION_DENIED.
+   */
   constructor(options?: BindMounterOptions) {
     const { engine } = optionsObject<BindMounterOptions>(options, 'BindMounter options', ['engine']);
     const chosen = chooseEngine(engine);
