@@ -143,12 +143,17 @@ async function writeArchive(
 class HeldTail extends Writable {
   static readonly SIZE = 2 * 10240;
   #held = Buffer.alloc(0);
+  #released = false;
   readonly #out: Writable;
 
   constructor(out: Writable) {
     super();
     this.#out = out;
     out.on('error', (error) => this.destroy(error));
+    // Closed under us (a pipe whose reader went away) it may emit no error, and a write would wait for 'drain' forever.
+    out.on('close', () => {
+      if (!this.#released) this.destroy(new Error('the destination stream closed before the archive was complete'));
+    });
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -161,6 +166,7 @@ class HeldTail extends Writable {
 
   /** Writes what was held back and ends the output, once everything is written. */
   async release(): Promise<void> {
+    this.#released = true;
     // Not stream.finished: it waits for 'close' too, which a stream left open never emits.
     await new Promise<void>((resolve, reject) => {
       this.#out.once('error', reject);

@@ -52,6 +52,13 @@ export async function restore(ctx: Context, source: unknown, options: unknown): 
     if (input !== undefined) stream.destroy();
     throw error;
   });
+  // Kept from here on: a stream that fails before tar reads it (while the container is
+  // made) must not throw its error at top level, and its error is the one to report.
+  let streamError: Error | undefined;
+  let reading = false;
+  // Once tar reads it, the pipeline into tar reports the stream's failures (and causes some: a premature close when tar fails).
+  const onStreamError = (error: Error) => (reading ? undefined : (streamError ??= error));
+  stream.on('error', onStreamError);
   const end = new ArchiveEnd();
   let bytesDone = 0;
   const onChunk = (chunk: Buffer) => {
@@ -77,6 +84,7 @@ export async function restore(ctx: Context, source: unknown, options: unknown): 
       // No --exclude of the manifest: tar would drop every member of that name at any depth.
       // Only the volumes' paths are extracted, and of the manifest, only a volume at its path.
       const argv = [...EXTRACT, `--directory=${staging}`, '--', ...members];
+      reading = true;
       await runInNamespace({ what: `tar --extract of ${name}`, argv, plan: [], signal, stdin: stream, onChunk, env: { LC_ALL: 'C' } }).catch(
         async (error: unknown) => {
           // A tree deeper than PATH_MAX: tar extracted all the rest, and the deep members follow, a chain of -C steps below.
@@ -93,9 +101,13 @@ export async function restore(ctx: Context, source: unknown, options: unknown): 
   } catch (error) {
     stream.destroy();
     if (config) await removeHalfRestored(ctx, config.id);
+    if (streamError && !(error instanceof HandlerError && error.code === 'ERR_HANDLER_ABORTED')) {
+      throw new HandlerError('ERR_HANDLER_FAILED', `restoring ${name} failed: the archive stream failed: ${streamError.message}`, {}, { cause: streamError });
+    }
     throw error;
   } finally {
     if (input !== undefined) stream.destroy();
+    stream.off('error', onStreamError);
   }
 }
 

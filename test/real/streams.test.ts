@@ -175,6 +175,19 @@ describe('a stream that breaks leaves nothing on the restoring side', () => {
     await expectOnly(w, [w.db.id]);
   });
 
+  test('a destination whose reader goes away (destroyed without an error): ERR_HANDLER_FAILED, no handler container left', async () => {
+    const w = await dbWorld();
+    const pipe = new PassThrough();
+    let read = 0;
+    pipe.on('data', (c: Buffer) => {
+      read += c.length;
+      if (read > MiB) pipe.destroy();
+    });
+    const error = await expectCode(w.runtime.backup(w.db.id, pipe), 'ERR_HANDLER_FAILED');
+    expect(error.message).toMatch(/closed before the archive was complete/);
+    await expectOnly(w, [w.db.id]);
+  });
+
   test('a destination stream that fails: ERR_HANDLER_FAILED with its error, no handler container left', async () => {
     const w = await dbWorld();
     let written = 0;
