@@ -119,8 +119,8 @@ try {
   const tarPipe = await best('tar -cf - | ssh B tar -xf -', async () => {
     const dest = await freshDir('tar');
     const started = performance.now();
-    const tar = lab!.onA(['tar', '-cf', '-', '-C', path.dirname(sources[0]!), ...sources.map((s) => path.basename(s))]);
-    const ssh = lab!.onA(['ssh', ...lab!.ssh, target, `tar -xf - -C ${dest}`]);
+    const tar = lab!.onA(['tar', '-cf', '-', '-C', path.dirname(sources[0]!), ...sources.map((s) => path.basename(s))], { stdin: 'ignore', buffer: false });
+    const ssh = lab!.onA(['ssh', ...lab!.ssh, target, `tar -xf - -C ${dest}`], { stdout: 'ignore', buffer: false });
     tar.stdout!.pipe(ssh.stdin!);
     await Promise.all([tar, ssh]);
     return { ms: performance.now() - started };
