@@ -16,6 +16,7 @@
 // Each container gets a new rootfs directory under --rootfs-parent.
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { BindMounter, ContainerRuntime, ContainerVolumesError } from 'container-volumes';
 
@@ -35,7 +36,7 @@ process.stdout.on('error', () => controller.abort(new Error('stdout closed')));
 let rootfs: string | undefined;
 try {
   if (!values.root || !values['rootfs-parent']) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'usage: receive.ts --root DIR --rootfs-parent DIR [--incoming DIR] [restore-synced NAME]');
-  let source: string | NodeJS.ReadableStream;
+  let source: string | Readable;
   if (request.length === 0) {
     source = process.stdin;
   } else if (request[0] === 'restore-synced' && request.length === 2 && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(request[1]!) && values.incoming) {
@@ -46,7 +47,7 @@ try {
   const runtime = new ContainerRuntime({ root: values.root, mounter: new BindMounter() });
   await fs.mkdir(values['rootfs-parent'], { recursive: true });
   rootfs = await fs.mkdtemp(path.join(values['rootfs-parent'], 'restored-'));
-  const container = await runtime.restore(source as Parameters<typeof runtime.restore>[0], { rootfs, signal: controller.signal });
+  const container = await runtime.restore(source, { rootfs, signal: controller.signal });
   print({ container: container.id, rootfs, volumes: container.volumes.map((v) => v.path) });
 } catch (error) {
   if (rootfs) await fs.rm(rootfs, { recursive: true, force: true });

@@ -6,6 +6,10 @@
 //   first sync                                 vs   rsync -a over the same ssh
 //   second sync after 1 MiB changed in a file  vs   rsync -a doing the same
 //
+// and, for what the library itself adds, against rsync with sync's own options
+// (-aHAXS --numeric-ids: hard links, ACLs, extended attributes and holes, which plain
+// rsync -a does not keep and which cost it time per file).
+//
 // The volume set: CONTAINER_VOLUMES_BENCH_HOSTS_MB (default 1024; 64 with --quick), 70%
 // in four large files, 30% in small files of 4–60 KiB. Each measurement is the best of
 // --runs (default 2; 1 with --quick). Needs root, iproute2, rsync, openssh-client and
@@ -136,8 +140,13 @@ try {
   // 2. A first sync, then 3. a second one after 1 MiB changed in the middle of a large file.
   const plainDest = path.join(work, 'B', 'plain');
   const ourDest = path.join(lab.b.incoming, 'db');
+  const fullDest = path.join(work, 'B', 'full');
   const plainRsync = async () => {
     const run = await onA(['rsync', '-a', '--stats', '-e', rsh, '--', ...sources, `${target}:${plainDest}/`]);
+    return { ms: run.ms, sent: sentBy(run.stdout) };
+  };
+  const fullRsync = async () => {
+    const run = await onA(['rsync', '-aHAXS', '--numeric-ids', '--stats', '-e', rsh, '--', ...sources, `${target}:${fullDest}/`]);
     return { ms: run.ms, sent: sentBy(run.stdout) };
   };
   const ourSync = async () => {
@@ -147,6 +156,10 @@ try {
   const firstPlain = await best('rsync -a (first)', async () => {
     await freshDir('plain');
     return plainRsync();
+  });
+  const firstFull = await best('rsync -aHAXS --numeric-ids (first)', async () => {
+    await freshDir('full');
+    return fullRsync();
   });
   const firstOurs = await best('sync (first)', async () => {
     await fs.rm(ourDest, { recursive: true, force: true });
@@ -158,15 +171,16 @@ try {
     await file.close();
   };
   // Each run changes the file again, then lets both tools catch up with the same change.
-  const second: { plain: { ms: number; sent?: number }[]; ours: { ms: number; sent?: number }[] } = { plain: [], ours: [] };
+  const second: Record<'plain' | 'full' | 'ours', { ms: number; sent?: number }[]> = { plain: [], full: [], ours: [] };
   for (let i = 0; i < runs; i++) {
     await change();
     second.plain.push(await plainRsync());
+    second.full.push(await fullRsync());
     second.ours.push(await ourSync());
-    progress(`  second sync, run ${i + 1}: rsync -a ${(second.plain.at(-1)!.ms / 1000).toFixed(2)} s ${(second.plain.at(-1)!.sent! / MiB).toFixed(2)} MiB; sync ${(second.ours.at(-1)!.ms / 1000).toFixed(2)} s ${(second.ours.at(-1)!.sent! / MiB).toFixed(2)} MiB`);
+    progress(`  second sync, run ${i + 1}: rsync -a ${(second.plain.at(-1)!.ms / 1000).toFixed(2)} s ${(second.plain.at(-1)!.sent! / MiB).toFixed(2)} MiB; rsync -aHAXS ${(second.full.at(-1)!.ms / 1000).toFixed(2)} s; sync ${(second.ours.at(-1)!.ms / 1000).toFixed(2)} s ${(second.ours.at(-1)!.sent! / MiB).toFixed(2)} MiB`);
   }
   const fastest = (list: { ms: number; sent?: number }[]) => list.reduce((x, y) => (y.ms < x.ms ? y : x));
-  const [secondPlain, secondOurs] = [fastest(second.plain), fastest(second.ours)];
+  const [secondPlain, secondFull, secondOurs] = [fastest(second.plain), fastest(second.full), fastest(second.ours)];
 
   const s = (ms: number) => (ms / 1000).toFixed(2);
   const rate = (ms: number) => (megabytes / (ms / 1000)).toFixed(1);
@@ -179,6 +193,8 @@ try {
         ['backup stream over ssh → restore on B', s(stream.ms), rate(stream.ms), '', 'tar | ssh | tar', s(tarPipe.ms), rate(tarPipe.ms), '', (tarPipe.ms / stream.ms).toFixed(2)],
         ['first sync', s(firstOurs.ms), rate(firstOurs.ms), mib(firstOurs.sent), 'rsync -a', s(firstPlain.ms), rate(firstPlain.ms), mib(firstPlain.sent), (firstPlain.ms / firstOurs.ms).toFixed(2)],
         ['second sync (1 MiB changed)', s(secondOurs.ms), '', mib(secondOurs.sent), 'rsync -a', s(secondPlain.ms), '', mib(secondPlain.sent), (secondPlain.ms / secondOurs.ms).toFixed(2)],
+        ['first sync', s(firstOurs.ms), rate(firstOurs.ms), mib(firstOurs.sent), 'rsync -aHAXS', s(firstFull.ms), rate(firstFull.ms), mib(firstFull.sent), (firstFull.ms / firstOurs.ms).toFixed(2)],
+        ['second sync (1 MiB changed)', s(secondOurs.ms), '', mib(secondOurs.sent), 'rsync -aHAXS', s(secondFull.ms), '', mib(secondFull.sent), (secondFull.ms / secondOurs.ms).toFixed(2)],
       ],
     ),
   );
@@ -190,6 +206,7 @@ try {
   ];
   console.log(`\ntargets${megabytes === 1024 ? '' : ': indicative only, the targets are stated for a 1 GiB volume set'}:`);
   for (const t of targets) console.log(`  ${t.pass ? 'PASS' : 'FAIL'}  ${t.name}: ${t.detail}`);
+  console.log(`  (compared) sync against rsync -aHAXS --numeric-ids, the same options: first ${(firstFull.ms / firstOurs.ms).toFixed(2)}×, second ${(secondFull.ms / secondOurs.ms).toFixed(2)}×`);
 } catch (error) {
   console.error(error instanceof Error ? (error.stack ?? error.message) : error);
   exitCode = 1;
