@@ -127,6 +127,7 @@ async function writeArchive(
     await gate.release();
     return result;
   } catch (error) {
+    gate.abandon();
     // Not with the error: a caller's stream with no error listener would throw it at top level.
     archive.destroy();
     throw error;
@@ -143,16 +144,18 @@ async function writeArchive(
 class HeldTail extends Writable {
   static readonly SIZE = 2 * 10240;
   #held = Buffer.alloc(0);
-  #released = false;
+  #settled = false;
   readonly #out: Writable;
 
   constructor(out: Writable) {
     super();
     this.#out = out;
+    // Its errors reach the backup through tar's pipeline into it; before or after that, there is nobody to tell.
+    this.on('error', () => undefined);
     out.on('error', (error) => this.destroy(error));
     // Closed under us (a pipe whose reader went away) it may emit no error, and a write would wait for 'drain' forever.
     out.on('close', () => {
-      if (!this.#released) this.destroy(new Error('the destination stream closed before the archive was complete'));
+      if (!this.#settled) this.destroy(new Error('the destination stream closed before the archive was complete'));
     });
   }
 
@@ -164,9 +167,14 @@ class HeldTail extends Writable {
     else this.#out.once('drain', () => callback());
   }
 
+  /** The backup failed: the output is destroyed, not ended, and its closing is no news. */
+  abandon(): void {
+    this.#settled = true;
+  }
+
   /** Writes what was held back and ends the output, once everything is written. */
   async release(): Promise<void> {
-    this.#released = true;
+    this.#settled = true;
     // Not stream.finished: it waits for 'close' too, which a stream left open never emits.
     await new Promise<void>((resolve, reject) => {
       this.#out.once('error', reject);
