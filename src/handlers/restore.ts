@@ -52,8 +52,8 @@ export async function restore(ctx: Context, source: unknown, options: unknown): 
     if (input !== undefined) stream.destroy();
     throw error;
   });
-  // Kept from here on: a stream that fails before tar reads it (while the container is
-  // made) must not throw its error at top level, and its error is the one to report.
+  // From here on: a stream that fails before tar reads it (while the container is made)
+  // must not throw its error at top level, and its error is the one to report.
   let streamError: Error | undefined;
   let reading = false;
   // Once tar reads it, the pipeline into tar reports the stream's failures (and causes some: a premature close when tar fails).
@@ -106,8 +106,8 @@ export async function restore(ctx: Context, source: unknown, options: unknown): 
     }
     throw error;
   } finally {
+    // The listener stays: a destroyed stream may still emit its error on a later tick.
     if (input !== undefined) stream.destroy();
-    stream.off('error', onStreamError);
   }
 }
 
