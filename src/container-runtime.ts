@@ -1,3 +1,4 @@
+import type { Readable, Writable } from 'node:stream';
 import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
 import { createContainer, removeContainer } from './containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
@@ -7,7 +8,10 @@ import { parseVolumesFrom, type VolumesFromSpec } from './rules/volumes-from.js'
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
 import { recoverStore, type RecoveryReport } from './recover.js';
-import { backup, type BackupOptions, type BackupResult, restore, type RestoreOptions } from './handlers/backup.js';
+import { backup, type BackupResult } from './handlers/backup.js';
+import { restore } from './handlers/restore.js';
+import { sync, type SyncOptions, type SyncResult } from './handlers/sync.js';
+import type { BackupOptions, RestoreOptions } from './handlers/transfer-options.js';
 import {
   type CommandHandler,
   type CommandResult,
@@ -115,21 +119,37 @@ export class ContainerRuntime {
   }
 
   /**
-   * A ready-made handler: writes one tar archive at `destination` holding every volume
-   * of the container under its container path, after a manifest (paths, modes, volume
-   * ids, creation time). Resolves to the manifest and tar's `warnings` (files that
-   * changed while read, sockets skipped). The volumes are shared read-only while it runs.
+   * A ready-made handler: writes one tar archive holding every volume of the container
+   * under its container path, after a manifest (paths, modes, volume ids, creation
+   * time), to the file `destination` or into a stream (ended when the archive is
+   * complete, destroyed if the backup fails). Resolves to the manifest and tar's
+   * `warnings` (files that changed while read, sockets skipped). The volumes are shared
+   * read-only while it runs.
    */
-  async backup(containerId: string, destination: string, options?: BackupOptions): Promise<BackupResult> {
+  async backup(containerId: string, destination: string | Writable, options?: BackupOptions): Promise<BackupResult> {
     return backup(this.#ctx, await resolveContainer(this.#ctx, containerId), destination, options);
   }
 
   /**
    * Creates a new container with `options.rootfs` whose volumes hold exactly the data
-   * of a `backup` archive: contents, owners, modes, links, extended attributes, ACLs, sparse files.
+   * of a `backup` archive (a file or a stream) or of a `sync` destination directory:
+   * contents, owners, modes, links, extended attributes, ACLs, sparse files. If
+   * anything fails, a stream cut short included, no container and no volume is left.
    */
-  async restore(archive: string, options: RestoreOptions): Promise<ContainerInfo> {
-    return toContainerInfo(await restore(this.#ctx, archive, options));
+  async restore(source: string | Readable, options: RestoreOptions): Promise<ContainerInfo> {
+    return toContainerInfo(await restore(this.#ctx, source, options));
+  }
+
+  /**
+   * A ready-made handler: mirrors every volume of the container into
+   * `destination/<container path>/…` plus the manifest with rsync (archive mode, hard
+   * links, ACLs, extended attributes, sparse files, numeric ids, `--delete`), to a local
+   * directory or `[user@]host:/path` over ssh (`options.ssh`: ssh's arguments). Run again,
+   * it transfers only what changed. `restore` takes the destination directory as it takes
+   * an archive. The volumes are shared read-only while it runs.
+   */
+  async sync(containerId: string, destination: string, options?: SyncOptions): Promise<SyncResult> {
+    return sync(this.#ctx, await resolveContainer(this.#ctx, containerId), destination, options);
   }
 
   /**

@@ -3,16 +3,14 @@ export { VolumeManager } from './volume-manager.js';
 export type { ContainerVolumesOptions } from './context.js';
 export type { RecoveryReport } from './recover.js';
 export type { OciMount } from './export/oci.js';
-export {
-  HandlerError,
-  type CommandHandler,
-  type CommandResult,
-  type HandlerContext,
-  type HandlerFunction,
-  type HandlerOptions,
-  type HandlerVolume,
-} from './handlers/run-handler.js';
-export type { BackupManifest, BackupOptions, BackupResult, Progress, RestoreOptions } from './handlers/backup.js';
+export type { CommandHandler, CommandResult, HandlerContext, HandlerFunction, HandlerOptions } from './handlers/run-handler.js';
+export { HandlerError } from './handlers/handler-error.js';
+export type { HandlerVolume } from './handlers/handler-container.js';
+export type { BackupManifest } from './handlers/archive-format.js';
+export type { BackupResult } from './handlers/backup.js';
+export type { SyncOptions, SyncResult } from './handlers/sync.js';
+export type { RsyncStats } from './handlers/rsync.js';
+export type { BackupOptions, Progress, RestoreOptions } from './handlers/transfer-options.js';
 export { BindMounter, type BindMounterOptions } from './mounter/bind.js';
 export type { MountEngine } from './mounter/engine-choice.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
