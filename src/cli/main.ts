@@ -7,7 +7,6 @@ import path from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { BindMounter, ContainerRuntime, ContainerVolumesError, type ContainerInfo, type DiskUsage, type ErrorCode, type VolumeInfo } from 'container-volumes';
-import { backupToStream, restoreFromStream } from './archive-stream.js';
 import { bytes, type Format, json, ProgressLine, shortId, table } from './output.js';
 
 const USAGE = `Usage: container-volumes [--root DIR] COMMAND [OPTIONS]
@@ -326,10 +325,10 @@ async function backup(cli: Cli, [id, target]: string[]): Promise<void> {
   if (toStdout && process.stdout.isTTY) throw new UsageError('refusing to write an archive to a terminal: give a file or redirect stdout');
   const onProgress = ({ bytesDone, bytesTotal }: { bytesDone: number; bytesTotal: number }) =>
     cli.progress.update(`backup: ${bytesTotal > 0 ? Math.min(100, Math.floor((bytesDone / bytesTotal) * 100)) : 0}% ${bytes(bytesDone)} of ~${bytes(bytesTotal)}`);
-  const result = await (toStdout
-    ? backupToStream(cli.runtime, id as string, process.stdout, { onProgress })
-    : cli.runtime.backup(id as string, path.resolve(target as string), { onProgress })
-  ).finally(() => cli.progress.done());
+  // The archive streams out as tar writes it: stdout is ended once it is complete, and never carries a partial one.
+  const result = await cli.runtime
+    .backup(id as string, toStdout ? process.stdout : path.resolve(target as string), { onProgress })
+    .finally(() => cli.progress.done());
   for (const warning of result.warnings) cli.log(`backup: ${warning}`);
   if (!cli.values.quiet) cli.log(`Backed up ${result.volumes.length} volume(s) of ${result.containerId}${toStdout ? '' : ` to ${target}`}.`);
   if (cli.format === 'json' && !cli.values.quiet) cli.out(json(result));
@@ -341,10 +340,9 @@ async function restore(cli: Cli, [source]: string[]): Promise<void> {
   if (source === '-' && process.stdin.isTTY) throw new UsageError("restore from '-' reads the archive from stdin, which is a terminal");
   const onProgress = ({ bytesDone, bytesTotal }: { bytesDone: number; bytesTotal: number }) =>
     cli.progress.update(`restore: ${bytesTotal > 0 ? Math.min(100, Math.floor((bytesDone / bytesTotal) * 100)) : 0}% ${bytes(bytesDone)} of ${bytes(bytesTotal)}`);
-  const container = await (source === '-'
-    ? restoreFromStream(cli.runtime, process.stdin, { rootfs, onProgress })
-    : cli.runtime.restore(path.resolve(source as string), { rootfs, onProgress })
-  ).finally(() => cli.progress.done());
+  const container = await cli.runtime
+    .restore(source === '-' ? process.stdin : path.resolve(source as string), { rootfs, onProgress })
+    .finally(() => cli.progress.done());
   if (cli.format === 'json' && !cli.values.quiet) return cli.out(json(container));
   cli.out(ids([container.id]));
 }
