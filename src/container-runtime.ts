@@ -1,13 +1,13 @@
 import type { Readable, Writable } from 'node:stream';
 import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
-import { createContainer, removeContainer } from './containers.js';
+import { createContainer, removeContainer } from './operations/containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
-import { resolveContainer } from './references.js';
+import { resolveContainer } from './operations/references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
 import { parseVolumesFrom, type VolumesFromSpec } from './rules/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { ociMounts, type OciMount } from './export/oci.js';
-import { recoverStore, type RecoveryReport } from './recover.js';
+import { recoverStore, type RecoveryReport } from './operations/recover.js';
 import { backup, type BackupResult } from './handlers/backup.js';
 import { restore } from './handlers/restore.js';
 import { sync, type SyncOptions, type SyncResult } from './handlers/sync.js';

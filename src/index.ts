@@ -1,7 +1,7 @@
 export { ContainerRuntime } from './container-runtime.js';
 export { VolumeManager } from './volume-manager.js';
 export type { ContainerVolumesOptions } from './context.js';
-export type { RecoveryReport } from './recover.js';
+export type { RecoveryReport } from './operations/recover.js';
 export type { OciMount } from './export/oci.js';
 export type { CommandHandler, CommandResult, HandlerContext, HandlerFunction, HandlerOptions } from './handlers/run-handler.js';
 export { HandlerError } from './handlers/handler-error.js';

@@ -1,11 +1,11 @@
 import { ContainerVolumesError, describe, isErrnoException } from './errors.js';
-import { measureTree } from './disk-usage.js';
+import { measureTree } from './operations/disk-usage.js';
 import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
-import { mountContainer, readSources, sortVolumes, unmountContainer } from './containers.js';
-import { checkPlaces } from './mount-plan.js';
-import { checkReadOnlyParents } from './read-only-parents.js';
+import { mountContainer, readSources, sortVolumes, unmountContainer } from './operations/containers.js';
+import { checkPlaces } from './plan/mount-plan.js';
+import { checkReadOnlyParents } from './plan/read-only-parents.js';
 import { checkMode, sharedMounts } from './rules/volumes-from.js';
-import { resolveContainer, resolveVolume } from './references.js';
+import { resolveContainer, resolveVolume } from './operations/references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
 import { type ContainerConfig, toContainerInfo } from './store/container-config.js';
 import type {
@@ -19,9 +19,9 @@ import type {
   VolumeInfo,
   VolumeMount,
 } from './types.js';
-import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './volumes.js';
+import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeReferences, volumeUsers } from './operations/volumes.js';
 import type { MountedVolume } from './mounter/mounter.js';
-import { checkNotMountedElsewhere } from './mounted-elsewhere.js';
+import { checkNotMountedElsewhere } from './namespaces/mounted-elsewhere.js';
 import { debugStore } from './debug.js';
 
 /** The context of each manager, for the ContainerRuntime that owns it: one store, one queue. */

@@ -1,4 +1,4 @@
-import { placeMounts } from '../mount-plan.js';
+import { placeMounts } from '../plan/mount-plan.js';
 import { volumeMountOptions } from '../rules/mount-options.js';
 import type { ContainerInfo } from '../types.js';
 

@@ -1,4 +1,4 @@
-import { planMounts } from '../mount-plan.js';
+import { planMounts } from '../plan/mount-plan.js';
 import { VOLUME_MOUNT_PROPAGATION, volumeMountOptions } from '../rules/mount-options.js';
 import type { ContainerInfo } from '../types.js';
 

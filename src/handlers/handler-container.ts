@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Context } from '../context.js';
-import { createContainer } from '../containers.js';
+import { createContainer } from '../operations/containers.js';
 import { debugRuntime } from '../debug.js';
 import { currentBootId } from '../store/boot-id.js';
 import type { ContainerConfig } from '../store/container-config.js';

@@ -1,5 +1,5 @@
 import { ContainerVolumesError } from '../errors.js';
-import { isAlive } from '../process-alive.js';
+import { isAlive } from '../namespaces/process-alive.js';
 import { currentBootId } from '../store/boot-id.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import { initAlive, stopNamespace } from './namespace.js';

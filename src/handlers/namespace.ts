@@ -5,7 +5,7 @@ import { ContainerVolumesError } from '../errors.js';
 import { debugRuntime } from '../debug.js';
 import { bindMounterIn } from '../mounter/bind.js';
 import type { MountRequest } from '../mounter/mounter.js';
-import { processStat } from '../process-alive.js';
+import { processStat } from '../namespaces/process-alive.js';
 
 /** How long a new namespace may take to appear before we give up. */
 const START_TIMEOUT_MS = 5000;

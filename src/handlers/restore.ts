@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Context } from '../context.js';
-import { createContainer, removeContainer } from '../containers.js';
+import { createContainer, removeContainer } from '../operations/containers.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError } from '../errors.js';
 import type { ContainerConfig } from '../store/container-config.js';

@@ -2,7 +2,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { Context } from '../context.js';
 import { optionsObject } from '../context.js';
 import { ContainerVolumesError, describe } from '../errors.js';
-import { placeMounts } from '../mount-plan.js';
+import { placeMounts } from '../plan/mount-plan.js';
 import { checkReference } from '../rules/ids.js';
 import { checkMode } from '../rules/volumes-from.js';
 import type { ContainerConfig } from '../store/container-config.js';

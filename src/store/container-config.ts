@@ -2,8 +2,8 @@ import { ContainerVolumesError } from '../errors.js';
 import { rootfsProblem } from '../rootfs/check-rootfs.js';
 import { isId } from '../rules/ids.js';
 import { isBootId } from './boot-id.js';
-import { isPid, isStartTime } from '../process-alive.js';
-import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
+import { isPid, isStartTime } from '../namespaces/process-alive.js';
+import { isNamespaceId, type MountNamespace } from '../namespaces/mount-namespace.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import type { ContainerInfo, VolumeMount } from '../types.js';
 

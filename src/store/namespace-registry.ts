@@ -1,7 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { isNamespaceId, type MountNamespace } from '../mount-namespace.js';
-import { isPid, isStartTime } from '../process-alive.js';
+import { isNamespaceId, type MountNamespace } from '../namespaces/mount-namespace.js';
+import { isPid, isStartTime } from '../namespaces/process-alive.js';
 import { isBootId } from './boot-id.js';
 import { writeFileAtomicUndurable } from './atomic-file.js';
 

@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { afterEach, beforeAll, describe, expect, test } from '@jest/globals';
-import { currentMountNamespace, type MountNamespace, processesIn, processInNamespace } from '../../src/mount-namespace.js';
-import { processStat } from '../../src/process-alive.js';
+import { currentMountNamespace, type MountNamespace, processesIn, processInNamespace } from '../../src/namespaces/mount-namespace.js';
+import { processStat } from '../../src/namespaces/process-alive.js';
 import { currentBootId } from '../../src/store/boot-id.js';
 import { assertPrivateMountNamespace } from './guard.js';
 

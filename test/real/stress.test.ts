@@ -248,7 +248,7 @@ describe('8 processes × 200 random operations on one store, with real bind moun
     );
     const wanted = final.filter((c) => c.mounted).flatMap((c) => c.volumes.map((v) => `${c.rootfs}${v.path} ${volumeDir(v.volumeId)} ${v.mode}`));
     if (process.env.STRESS_DEBUG) {
-      const { processesIn } = await import('../../src/mount-namespace.js');
+      const { processesIn } = await import('../../src/namespaces/mount-namespace.js');
       for (const c of final.filter((c) => c.mounted)) {
         const raw = JSON.parse(fs.readFileSync(path.join(root, 'containers', `${c.id}.json`), 'utf8'));
         console.log(c.rootfs, JSON.stringify(raw.mountedIn), raw.mountedIn ? processesIn(raw.mountedIn.namespace).map((p) => `${p}:${fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ')}`) : '', fs.readlinkSync('/proc/self/ns/mnt'));

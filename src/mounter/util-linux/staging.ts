@@ -1,7 +1,7 @@
 import { closeSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { debugMount } from '../../debug.js';
-import { isAlive } from '../../process-alive.js';
+import { isAlive } from '../../namespaces/process-alive.js';
 import { type MountinfoEntry, readMountinfo } from '../mountinfo.js';
 import { OWN_NAMESPACE } from '../target-namespace.js';
 import { commandFailed, run } from './commands.js';

@@ -1,24 +1,24 @@
 import path from 'node:path';
-import { ContainerVolumesError } from './errors.js';
-import type { Context } from './context.js';
-import { debugRuntime } from './debug.js';
-import { applyPlan, checkPlaces, mountedOf, placeMounts, removePlan } from './mount-plan.js';
-import { checkMountPointsFree, holderOf } from './mount-owners.js';
-import { checkReadOnlyParents } from './read-only-parents.js';
-import { checkRootfs } from './rootfs/check-rootfs.js';
-import { sharedMounts, type ShareSource } from './rules/volumes-from.js';
-import { newId } from './rules/ids.js';
-import { compareParentsFirst } from './rules/volume-path.js';
-import type { VolumesFromSpec } from './rules/volumes-from.js';
-import type { ContainerConfig } from './store/container-config.js';
+import { ContainerVolumesError } from '../errors.js';
+import type { Context } from '../context.js';
+import { debugRuntime } from '../debug.js';
+import { applyPlan, checkPlaces, mountedOf, placeMounts, removePlan } from '../plan/mount-plan.js';
+import { checkMountPointsFree, holderOf } from '../plan/mount-owners.js';
+import { checkReadOnlyParents } from '../plan/read-only-parents.js';
+import { checkRootfs } from '../rootfs/check-rootfs.js';
+import { sharedMounts, type ShareSource } from '../rules/volumes-from.js';
+import { newId } from '../rules/ids.js';
+import { compareParentsFirst } from '../rules/volume-path.js';
+import type { VolumesFromSpec } from '../rules/volumes-from.js';
+import type { ContainerConfig } from '../store/container-config.js';
 import { allMounts, checkNotMounted, discardVolumes, makeVolumes, volumeUsers } from './volumes.js';
-import { currentBootId } from './store/boot-id.js';
-import { currentMountNamespace } from './mount-namespace.js';
-import { checkNotMountedElsewhere, mountedElsewhere, whereMounted } from './mounted-elsewhere.js';
-import { recordNamespace } from './store/namespace-registry.js';
-import { checkHandlerEnded, handlerRunning } from './handlers/handler-state.js';
-import type { VolumeMount } from './types.js';
-import type { MountedVolume } from './mounter/mounter.js';
+import { currentBootId } from '../store/boot-id.js';
+import { currentMountNamespace } from '../namespaces/mount-namespace.js';
+import { checkNotMountedElsewhere, mountedElsewhere, whereMounted } from '../namespaces/mounted-elsewhere.js';
+import { recordNamespace } from '../store/namespace-registry.js';
+import { checkHandlerEnded, handlerRunning } from '../handlers/handler-state.js';
+import type { VolumeMount } from '../types.js';
+import type { MountedVolume } from '../mounter/mounter.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
 

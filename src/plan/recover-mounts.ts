@@ -1,11 +1,11 @@
 import { statSync } from 'node:fs';
 import path from 'node:path';
-import type { Context } from './context.js';
-import { ContainerVolumesError } from './errors.js';
+import type { Context } from '../context.js';
+import { ContainerVolumesError } from '../errors.js';
 import { applyPlan, isComplete, mountedOf, mountedThere, placeMounts } from './mount-plan.js';
-import type { MountedVolume, MountRequest } from './mounter/mounter.js';
-import type { ContainerConfig } from './store/container-config.js';
-import type { RecoveryReport } from './recover.js';
+import type { MountedVolume, MountRequest } from '../mounter/mounter.js';
+import type { ContainerConfig } from '../store/container-config.js';
+import type { RecoveryReport } from '../operations/recover.js';
 
 /** How many mounts stacked on one path recover() peels before it gives up on that path. */
 const MAX_STACKED = 16;

@@ -1,15 +1,15 @@
 import fs from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import type { Context } from './context.js';
-import { debugRuntime } from './debug.js';
-import { isErrnoException } from './errors.js';
-import { recoverMounts } from './recover-mounts.js';
-import { currentBootId } from './store/boot-id.js';
-import type { ContainerConfig } from './store/container-config.js';
-import { forgetIdleNamespaces, whereMounted } from './mounted-elsewhere.js';
-import { namespaceAlive, runnerAlive } from './handlers/handler-state.js';
-import { stopNamespace } from './handlers/namespace.js';
+import type { Context } from '../context.js';
+import { debugRuntime } from '../debug.js';
+import { isErrnoException } from '../errors.js';
+import { recoverMounts } from '../plan/recover-mounts.js';
+import { currentBootId } from '../store/boot-id.js';
+import type { ContainerConfig } from '../store/container-config.js';
+import { forgetIdleNamespaces, whereMounted } from '../namespaces/mounted-elsewhere.js';
+import { namespaceAlive, runnerAlive } from '../handlers/handler-state.js';
+import { stopNamespace } from '../handlers/namespace.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {

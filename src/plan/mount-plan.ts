@@ -1,11 +1,11 @@
-import { ContainerVolumesError } from './errors.js';
-import { debugMount } from './debug.js';
-import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter/mounter.js';
-import { directoryIdentity } from './mounter/identity.js';
-import { landRequests } from './mounter/mount-target.js';
-import { VOLUME_MOUNT_FLAGS } from './rules/mount-options.js';
-import { compareParentsFirst, isBelow } from './rules/volume-path.js';
-import type { ContainerConfig } from './store/container-config.js';
+import { ContainerVolumesError } from '../errors.js';
+import { debugMount } from '../debug.js';
+import type { MountedVolume, Mounter, MountRequest, MountTarget } from '../mounter/mounter.js';
+import { directoryIdentity } from '../mounter/identity.js';
+import { landRequests } from '../mounter/mount-target.js';
+import { VOLUME_MOUNT_FLAGS } from '../rules/mount-options.js';
+import { compareParentsFirst, isBelow } from '../rules/volume-path.js';
+import type { ContainerConfig } from '../store/container-config.js';
 
 /**
  * A container's mounts as data, parents first, at the paths its configuration gives:

@@ -1,12 +1,12 @@
-import { ContainerVolumesError } from './errors.js';
-import type { Context } from './context.js';
-import { debugStore } from './debug.js';
-import { prepareVolumeContent } from './rootfs/copy-up.js';
-import { newId } from './rules/ids.js';
-import type { VolumeMount, VolumeUse } from './types.js';
-import type { MountedVolume } from './mounter/mounter.js';
-import { volumeIdOf } from './mount-owners.js';
-import { isBelow } from './rules/volume-path.js';
+import { ContainerVolumesError } from '../errors.js';
+import type { Context } from '../context.js';
+import { debugStore } from '../debug.js';
+import { prepareVolumeContent } from '../rootfs/copy-up.js';
+import { newId } from '../rules/ids.js';
+import type { VolumeMount, VolumeUse } from '../types.js';
+import type { MountedVolume } from '../mounter/mounter.js';
+import { volumeIdOf } from '../plan/mount-owners.js';
+import { isBelow } from '../rules/volume-path.js';
 
 /**
  * Makes one new volume per path for `containerId`, each starting as a copy of the

@@ -1,11 +1,11 @@
 import path from 'node:path';
-import type { Context } from './context.js';
-import { ContainerVolumesError } from './errors.js';
+import type { Context } from '../context.js';
+import { ContainerVolumesError } from '../errors.js';
 import { currentMountNamespace, type MountNamespace, processInNamespace } from './mount-namespace.js';
-import { type MountinfoEntry, readMountinfo } from './mounter/mountinfo.js';
-import { currentBootId } from './store/boot-id.js';
-import type { ContainerConfig } from './store/container-config.js';
-import { forgetNamespace, knownNamespaces } from './store/namespace-registry.js';
+import { type MountinfoEntry, readMountinfo } from '../mounter/mountinfo.js';
+import { currentBootId } from '../store/boot-id.js';
+import type { ContainerConfig } from '../store/container-config.js';
+import { forgetNamespace, knownNamespaces } from '../store/namespace-registry.js';
 
 /*
  * Mounts made in one mount namespace are invisible in every other, and this process

@@ -1,11 +1,11 @@
 import path from 'node:path';
-import type { Context } from './context.js';
-import { ContainerVolumesError } from './errors.js';
-import type { MountedVolume, MountRequest } from './mounter/mounter.js';
-import { landingPath } from './rootfs/open-in-rootfs.js';
-import { isBelow } from './rules/volume-path.js';
-import { isId } from './rules/ids.js';
-import type { ContainerConfig } from './store/container-config.js';
+import type { Context } from '../context.js';
+import { ContainerVolumesError } from '../errors.js';
+import type { MountedVolume, MountRequest } from '../mounter/mounter.js';
+import { landingPath } from '../rootfs/open-in-rootfs.js';
+import { isBelow } from '../rules/volume-path.js';
+import { isId } from '../rules/ids.js';
+import type { ContainerConfig } from '../store/container-config.js';
 
 /*
  * Whose is a mount? Two containers may share a rootfs, and a rootfs may lie inside

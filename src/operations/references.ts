@@ -1,5 +1,5 @@
-import type { Context } from './context.js';
-import { resolveReference } from './rules/ids.js';
+import type { Context } from '../context.js';
+import { resolveReference } from '../rules/ids.js';
 
 /** The full id of the container a caller names by its id or a unique prefix of it. */
 export function resolveContainer(ctx: Context, reference: unknown): Promise<string> {

@@ -1,6 +1,6 @@
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, type Stats } from 'node:fs';
-import { isErrnoException } from './errors.js';
-import type { DiskUsage } from './types.js';
+import { isErrnoException } from '../errors.js';
+import type { DiskUsage } from '../types.js';
 
 /** Entries between two looks at the clock and two yields to the event loop. */
 const CHECK_EVERY = 256;

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { isErrnoException } from './errors.js';
+import { isErrnoException } from '../errors.js';
 
 export function isPid(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) > 0;

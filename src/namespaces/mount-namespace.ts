@@ -1,6 +1,6 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { processStat } from './process-alive.js';
-import { currentBootId } from './store/boot-id.js';
+import { currentBootId } from '../store/boot-id.js';
 
 /**
  * Where a container's mounts are: a mount namespace, and a process known to be in it.

@@ -1,9 +1,9 @@
 import { closeSync, openSync } from 'node:fs';
 import path from 'node:path';
-import { ContainerVolumesError } from './errors.js';
-import { O_PATH_DIRECTORY, openChild } from './rootfs/open-in-rootfs.js';
-import { isBelow } from './rules/volume-path.js';
-import type { Origin, VolumeMount } from './types.js';
+import { ContainerVolumesError } from '../errors.js';
+import { O_PATH_DIRECTORY, openChild } from '../rootfs/open-in-rootfs.js';
+import { isBelow } from '../rules/volume-path.js';
+import type { Origin, VolumeMount } from '../types.js';
 
 /**
  * The mount point of a volume nested in another is a directory of that other volume.
