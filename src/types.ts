@@ -1,5 +1,6 @@
 /** Public shapes. Fields may be added, never renamed. */
 
+/** How a container has a volume: `'rw'` read-write, `'ro'` read-only (mounted read-only, writes fail with EROFS). */
 export type Mode = 'rw' | 'ro';
 
 /** Where a container's volume mount came from: made for it, or shared from another container. */

@@ -9,14 +9,32 @@ import type { Mode } from '../types.js';
 /** The first member of every backup archive: what it holds. */
 export const MANIFEST_NAME = 'container-volumes-backup.json';
 
+/**
+ * What a backup archive or a sync destination holds, as its first member or its
+ * `container-volumes-backup.json`: `restore` reads it before anything is created, and
+ * refuses an archive whose manifest it does not recognise (ERR_INVALID_ARCHIVE).
+ */
 export interface BackupManifest {
+  /** Marks the file as this library's manifest; anything else is not a backup. */
   format: 'container-volumes-backup';
+  /** The manifest's format version; `restore` knows version 1 only. */
   version: 1;
+  /** When the manifest was made, just before the volumes were read: ISO 8601, UTC. */
   createdAt: string;
   /** The container whose volumes were archived. */
   containerId: string;
   /** Each volume, archived under its container path (without the leading `/`). */
-  volumes: { path: string; mode: Mode; volumeId: string }[];
+  volumes: {
+    /** The volume's container path, absolute and clean (`/var/lib/postgres`); unique in the manifest. */
+    path: string;
+    /**
+     * Its mode in the archived container (not the read-only share the backup read it
+     * through). Information only: restored volumes are always read-write.
+     */
+    mode: Mode;
+    /** Its id in the store it was archived from. Information only: `restore` makes new volumes with new ids. */
+    volumeId: string;
+  }[];
 }
 
 /** The manifest of the volumes of `containerId`, as `volumes` lists them (with the container's own modes). */

@@ -12,6 +12,11 @@ import type { NamespaceInit } from './namespace.js';
 
 /** A volume as a handler sees it: the mount, plus where its data is on the host. */
 export interface HandlerVolume extends VolumeMount {
+  /**
+   * The volume's directory in the store (`<root>/volumes/<id>`), where a function handler
+   * reads and writes its data. This process can write there whatever `mode` says:
+   * only a command handler gets the volumes mounted read-only.
+   */
   hostPath: string;
 }
 

@@ -43,7 +43,7 @@ export function checkSshArgs(given: unknown): string[] {
   return given as string[];
 }
 
-/** What rsync's --stats says it did. */
+/** What rsync's --stats says it did. A figure missing from its report is 0. */
 export interface RsyncStats {
   /** Files, directories, links… the source holds. */
   files: number;
@@ -55,8 +55,9 @@ export interface RsyncStats {
   totalFileSize: number;
   /** Data sent as is (the rest was matched from the destination's old copy). */
   literalData: number;
-  /** Bytes rsync sent, protocol included, and received. */
+  /** Bytes rsync's sending side sent, protocol included (between two local processes for a local destination). */
   bytesSent: number;
+  /** Bytes rsync's sending side received, protocol included: the receiver's checksums and replies. */
   bytesReceived: number;
 }
 

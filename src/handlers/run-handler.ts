@@ -14,16 +14,32 @@ import { runInNamespace } from './namespace-command.js';
 /** setTimeout's limit (about 24.8 days): a longer delay fires at once. */
 const MAX_TIMEOUT = 2 ** 31 - 1;
 
+/** What a function handler is called with: the handler container, the volumes it shares, and the caller's signal. */
 export interface HandlerContext {
   /** The transient handler container that shares the target's volumes while the handler runs. */
   container: ContainerInfo;
+  /**
+   * One entry per volume of the target, parents first, those it shares from other
+   * containers included: its container path, id, mode in the handler container (the
+   * target's, or `'ro'` for every one with `mode: 'ro'`), origin `{ from: <target id> }`,
+   * and the host directory holding its data. Nested volumes are separate entries: a parent's
+   * directory holds only an empty mount point where a child sits.
+   */
   volumes: HandlerVolume[];
   /** Aborted when the caller's signal is: long-running handlers should stop then. */
   signal: AbortSignal;
 }
 
+/**
+ * A function handler: runs in this process, with this process's privileges, while the
+ * handler container protects the volumes. What it returns (or resolves to) is what
+ * `runHandler` resolves to; what it throws is what `runHandler` rejects with, unwrapped.
+ * It is not stopped by an abort: it should honour `context.signal`, since once
+ * `runHandler` has rejected the volumes are no longer protected from it.
+ */
 export type HandlerFunction<T> = (context: HandlerContext) => T | Promise<T>;
 
+/** Options of a function handler, and the ones a command handler shares. Unknown keys are refused (ERR_INVALID_ARGUMENT). */
 export interface HandlerOptions {
   /** `'ro'` shares every volume read-only; by default each keeps the target's mode. */
   mode?: Mode;
@@ -31,6 +47,12 @@ export interface HandlerOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * A command handler: a program run chrooted into `rootfs`, in a private mount namespace
+ * where the target's volumes are mounted at their container paths; nothing of it stays
+ * mounted, and none of its processes survives, once the call settles. It carries its
+ * options itself: an options argument next to it is refused (ERR_INVALID_ARGUMENT).
+ */
 export interface CommandHandler extends HandlerOptions {
   /** The program and its arguments, run inside `rootfs` (chroot) with the volumes at their container paths. */
   command: string[];
@@ -42,13 +64,21 @@ export interface CommandHandler extends HandlerOptions {
   stdin?: Readable;
   /** Where the command's output goes as it comes; without it, it is collected into the result. */
   stdout?: Writable;
+  /**
+   * Where the command's standard error goes as it comes; the stream is left open. Without
+   * it, standard error is collected (up to 64 MiB) into the result and into a
+   * HandlerError's `stderr`; with it, both are empty.
+   */
   stderr?: Writable;
 }
 
+/** What a command handler resolves to, once its command exited successfully. */
 export interface CommandResult {
+  /** Always 0: any other exit, or a signal, rejects with a HandlerError (ERR_HANDLER_FAILED) instead. */
   exitCode: number;
   /** What the command wrote, unless `stdout` / `stderr` streams were given. */
   stdout: string;
+  /** What the command wrote to standard error, up to 64 MiB (more fails the call); empty when a `stderr` stream was given. */
   stderr: string;
 }
 

@@ -14,17 +14,27 @@ import { runInNamespace } from './namespace-command.js';
 import { checkSshArgs, RSYNC, RsyncOutput, type RsyncStats, sshCommand, VANISHED } from './rsync.js';
 import { type BackupOptions, progressOptions } from './transfer-options.js';
 
+/** Options of `sync`: progress and abort as for `backup`, and ssh's arguments for a remote destination. */
 export interface SyncOptions extends BackupOptions {
   /**
    * Arguments for ssh, for a remote destination: `['-i', '/root/.ssh/id_backup', '-p',
    * '2222', '-o', 'UserKnownHostsFile=/etc/cv/known_hosts']`. None may hold whitespace,
-   * quotes or backslashes.
+   * quotes or backslashes (ERR_INVALID_ARGUMENT): rsync would split or unquote it. Unused
+   * for a local destination.
    */
   ssh?: string[];
 }
 
-/** What `sync` resolves to: the manifest it wrote, what rsync transferred, and what it warned about. */
+/**
+ * What `sync` resolves to: the manifest it wrote, what rsync transferred, and what it
+ * warned about. The counts of files and data are those of the volumes' pass; `bytesSent`
+ * and `bytesReceived` add the manifest's.
+ */
 export interface SyncResult extends BackupManifest, RsyncStats {
+  /**
+   * The destination as rsync got it: the local directory or `[user@]host:/path`, its path
+   * made absolute and clean, without a trailing slash.
+   */
   destination: string;
   /** rsync's warnings, one per line: files that vanished while it read them (the volumes were being written). */
   warnings: string[];

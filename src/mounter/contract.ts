@@ -3,6 +3,7 @@ import type { Mounter } from './mounter.js';
 
 /** What a contract case needs: the mounter under test and fresh directories. */
 export interface MounterFixture {
+  /** The mounter under test: a new one per case, or one for all, since each case works in directories of its own. */
   mounter: Mounter;
   /** A new, empty directory to serve as a container rootfs. */
   makeRootfs(): Promise<string>;
@@ -10,8 +11,16 @@ export interface MounterFixture {
   makeSource(): Promise<string>;
 }
 
+/** One behaviour of the contract, to run as one test. */
 export interface MounterContractCase {
+  /** The behaviour, as a sentence: use it as the test's name. */
   name: string;
+  /**
+   * Checks the behaviour on a fresh fixture: resolves when the mounter has it, rejects
+   * (with node:assert's AssertionError, or the mounter's own error) when not. A case may
+   * leave mounts in the fixture's rootfs, so unmount or discard them after each; a case
+   * about an optional method resolves at once when the mounter lacks it.
+   */
   run(fixture: MounterFixture): Promise<void>;
 }
 

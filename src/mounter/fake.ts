@@ -5,14 +5,47 @@ import type { Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 
+/** One call a FakeMounter received, with its arguments as given: an entry of `calls`. */
 export type FakeMounterCall =
-  | { op: 'mount'; source: string; rootfs: string; path: string; mode: Mode }
-  | { op: 'unmount'; rootfs: string; path: string }
-  | { op: 'list'; dir: string };
+  | {
+      /** A `mount` call. */
+      op: 'mount';
+      /** The volume's host directory. */
+      source: string;
+      /** The container's rootfs. */
+      rootfs: string;
+      /** The container path, as requested. */
+      path: string;
+      /** The requested mode. */
+      mode: Mode;
+    }
+  | {
+      /** An `unmount` call. */
+      op: 'unmount';
+      /** The container's rootfs. */
+      rootfs: string;
+      /** The container path, as requested. */
+      path: string;
+    }
+  | {
+      /** A `list` call. */
+      op: 'list';
+      /** The directory listed (normally a rootfs). */
+      dir: string;
+    };
 
+/**
+ * A rule that makes chosen FakeMounter calls fail, to exercise rollback: a matching call
+ * is recorded in `calls`, then throws and changes nothing (a mount is not made, an
+ * unmount leaves the mount in place).
+ */
 export interface FakeFailure {
+  /** Which method fails. */
   op: FakeMounterCall['op'];
-  /** Only calls for this container path (mount, unmount) fail; default: any. */
+  /**
+   * Only calls for this container path, compared as requested, fail (mount, unmount: a
+   * rule with a path never matches list); default: any.
+   */
   path?: string;
   /** What the call throws; default an ERR_MOUNT_FAILED / ERR_UNMOUNT_FAILED error. */
   error?: Error;
@@ -32,15 +65,24 @@ interface FakeMount {
  * catch symlink escapes; the real BindMounter's tests do.
  */
 export class FakeMounter implements Mounter {
+  /**
+   * Every call, in order, with its arguments, those failed by a `failOn` rule included;
+   * a call refused for bad arguments is not recorded. Empty it with `clearCalls`.
+   */
   readonly calls: FakeMounterCall[] = [];
   /** Host path of the mount point → stack of mounts there, the last one on top. */
   private readonly mounts = new Map<string, FakeMount[]>();
   private readonly failures: FakeFailure[] = [];
 
+  /**
+   * Adds a failure rule. Rules are tried in the order added, the first that matches a
+   * call is used, and a rule is dropped once it has failed `times` calls.
+   */
   failOn(failure: FakeFailure): void {
     this.failures.push({ times: 1, ...failure });
   }
 
+  /** Empties `calls` (so a test can look at what one step did); the mounts and the failure rules stay. */
   clearCalls(): void {
     this.calls.length = 0;
   }

@@ -8,12 +8,15 @@ export interface MountRequest {
   rootfs: string;
   /** Absolute, clean container path (`/var/lib/postgres`). */
   path: string;
+  /** `'ro'` attaches the volume read-only, `'rw'` read-write; required (ERR_INVALID_MODE otherwise). */
   mode: Mode;
 }
 
 /** Where a volume is attached: a container path inside a rootfs. */
 export interface MountTarget {
+  /** Host directory of the container's root filesystem, absolute (ERR_INVALID_ROOTFS otherwise). */
   rootfs: string;
+  /** Absolute, clean container path (ERR_INVALID_VOLUME_PATH otherwise), resolved inside the rootfs as `mount` resolves it. */
   path: string;
 }
 
@@ -21,6 +24,7 @@ export interface MountTarget {
 export interface MountedVolume {
   /** Absolute path relative to the directory that was listed (a container path when that is a rootfs). */
   path: string;
+  /** `'ro'` when the mount itself is read-only (its mount flag), else `'rw'`. */
   mode: Mode;
   /** Host directory mounted there, when the mounter can tell; a mount without one is never taken for a volume. */
   source?: string;
