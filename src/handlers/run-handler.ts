@@ -5,7 +5,7 @@ import { ContainerVolumesError, describe } from '../errors.js';
 import { placeMounts } from '../plan/mount-plan.js';
 import { checkReference } from '../rules/ids.js';
 import { checkMode } from '../rules/volumes-from.js';
-import type { ContainerConfig } from '../store/container-config.js';
+import { type ContainerConfig, toContainerInfo } from '../store/container-config.js';
 import type { ContainerInfo, Mode } from '../types.js';
 import { type HandlerVolume, recordHandlerNamespace, withHandlerContainer } from './handler-container.js';
 import { HandlerError } from './handler-error.js';
@@ -87,7 +87,7 @@ export async function runHandler(ctx: Context, containerId: string, handler: unk
   if (typeof handler === 'function') {
     const { mode, signal } = handlerOptions(options, ['mode', 'signal']);
     return withHandlerContainer(ctx, containerId, mode, undefined, signal, (container, volumes) =>
-      untilAborted(Promise.resolve().then(() => handler({ container, volumes, signal: signal ?? new AbortController().signal })), signal),
+      untilAborted(Promise.resolve().then(() => handler({ container: toContainerInfo(container), volumes, signal: signal ?? new AbortController().signal })), signal),
     );
   }
   if (typeof handler === 'object' && handler !== null && options === undefined) {

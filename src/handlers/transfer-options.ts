@@ -1,4 +1,5 @@
 import { optionsObject } from '../context.js';
+import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 
 /* The options `backup`, `restore` and `sync` share. */
@@ -31,8 +32,9 @@ export interface BackupOptions {
    * Called as the data goes (per chunk, tens of KiB apart: throttle costly drawing),
    * and once more when all of it is through, with `bytesDone === bytesTotal`. That last
    * call is not success: only the returned promise says whether the call succeeded (a
-   * backup can still fail writing the archive's end). It must not throw: an exception
-   * thrown from it while the data flows is not turned into a rejection of the call.
+   * backup can still fail writing the archive's end). Progress never decides the
+   * outcome: an exception it throws is ignored (logged under
+   * `DEBUG=container-volumes:runtime`), and the transfer goes on.
    */
   onProgress?: (progress: Progress) => void;
   /**
@@ -69,5 +71,15 @@ export function progressOptions<T extends BackupOptions>(options: unknown, keys:
   if (given.signal !== undefined && !(given.signal instanceof AbortSignal)) {
     throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(given.signal)}`);
   }
-  return given;
+  const report = given.onProgress;
+  if (report === undefined) return given;
+  // Called from stream events: a throw there would be an uncaught exception that ends the embedding process.
+  const onProgress = (progress: Progress) => {
+    try {
+      report(progress);
+    } catch (error) {
+      debugRuntime('onProgress threw, ignored: %s', (error as Error)?.message ?? String(error));
+    }
+  };
+  return { ...given, onProgress };
 }

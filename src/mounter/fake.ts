@@ -1,5 +1,6 @@
 import path from 'node:path';
-import { ContainerVolumesError } from '../errors.js';
+import { optionsObject } from '../context.js';
+import { ContainerVolumesError, describe } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
 import type { Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
@@ -79,7 +80,16 @@ export class FakeMounter implements Mounter {
    * call is used, and a rule is dropped once it has failed `times` calls.
    */
   failOn(failure: FakeFailure): void {
-    this.failures.push({ times: 1, ...failure });
+    const { op, path: at, error, times = 1 } = optionsObject<FakeFailure>(failure, 'failOn rule', ['op', 'path', 'error', 'times']);
+    if (op !== 'mount' && op !== 'unmount' && op !== 'list') {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: op must be 'mount', 'unmount' or 'list', got ${describe(op)}`);
+    }
+    if (at !== undefined && typeof at !== 'string') throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: path must be a string, got ${describe(at)}`);
+    if (error !== undefined && !(error instanceof Error)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: error must be an Error, got ${describe(error)}`);
+    if (!Number.isSafeInteger(times) || times < 1) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: times must be a whole number of calls, 1 or more, got ${describe(times)}`);
+    }
+    this.failures.push({ op, times, ...(at === undefined ? {} : { path: at }), ...(error === undefined ? {} : { error }) });
   }
 
   /** Empties `calls` (so a test can look at what one step did); the mounts and the failure rules stay. */

@@ -180,6 +180,22 @@ describe('backup writes its archive safely', () => {
     expect(execFileSync('tar', ['--list', `--file=${archive}`], { encoding: 'utf8' }).split('\n')[0]).toBe(MANIFEST);
   });
 
+  test('an onProgress that throws changes nothing: backup and restore complete, and the process lives on', async () => {
+    const w = await world(['/data']);
+    await fsp.writeFile(path.join(w.at('/data'), 'big'), randomBytes(4 * MiB));
+    const archive = path.join(w.dir, 'db.tar');
+    let calls = 0;
+    const onProgress = () => {
+      calls++;
+      throw new Error('a progress bar that broke');
+    };
+    await w.runtime.backup(w.db.id, archive, { onProgress });
+    const restored = await w.runtime.restore(archive, { rootfs: await w.rootfs('restored'), onProgress });
+    expect(calls).toBeGreaterThan(1);
+    expect(fs.readFileSync(path.join(w.hostPath(restored, '/data'), 'big'))).toEqual(fs.readFileSync(path.join(w.at('/data'), 'big')));
+    await expectNothingLeft(w, [w.db.id, restored.id]);
+  });
+
   test('two backups to one destination at once both succeed, and the destination is a whole archive', async () => {
     const w = await world(['/data']);
     await fsp.writeFile(path.join(w.at('/data'), 'big'), randomBytes(8 * MiB));
