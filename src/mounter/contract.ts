@@ -17,9 +17,10 @@ export interface MounterContractCase {
   name: string;
   /**
    * Checks the behaviour on a fresh fixture: resolves when the mounter has it, rejects
-   * (with node:assert's AssertionError, or the mounter's own error) when not. A case may
-   * leave mounts in the fixture's rootfs, so unmount or discard them after each; a case
-   * about an optional method resolves at once when the mounter lacks it.
+   * (with node:assert's AssertionError, or the mounter's own error) when not. A case
+   * that passes undoes its mounts; one that fails may leave some in the fixture's rootfs,
+   * so discard the rootfs after each. A case about an optional method resolves at once
+   * when the mounter lacks it.
    */
   run(fixture: MounterFixture): Promise<void>;
 }
@@ -47,6 +48,7 @@ export const mounterContract: readonly MounterContractCase[] = [
       assert.equal(listed[0]?.path, '/var/lib/db');
       assert.equal(listed[0]?.mode, 'rw');
       if (listed[0]?.source !== undefined) assert.equal(listed[0].source, source);
+      await mounter.unmount({ rootfs, path: '/var/lib/db' });
     },
   },
   {
@@ -55,6 +57,7 @@ export const mounterContract: readonly MounterContractCase[] = [
       const [rootfs, source] = [await makeRootfs(), await makeSource()];
       await mounter.mount({ source, rootfs, path: '/data', mode: 'ro' });
       assert.deepEqual((await mounter.list(rootfs)).map((m) => [m.path, m.mode]), [['/data', 'ro']]);
+      await mounter.unmount({ rootfs, path: '/data' });
     },
   },
   {
