@@ -885,6 +885,14 @@ function evaluateTargets(rows: Row[], sizes: number[], podman: PodmanResult[] | 
     if (kernel === undefined || baseline === undefined) targets.push({ name: vsSpawn, pass: undefined, detail: 'not measured' });
     else targets.push({ name: vsSpawn, pass: kernel / baseline <= 0.5, detail: `${fmt(kernel)} ms vs ${fmt(baseline)} ms = ${fmt(kernel / baseline, 2)}×` });
   }
+  for (const op of [OPS.recoverKernel, OPS.recoverReal]) {
+    const recover = median(rows, op, largest);
+    targets.push({
+      name: `${op} ≤ 1 s median at ${largest} containers`,
+      pass: recover === undefined ? undefined : recover <= 1000,
+      detail: recover === undefined ? 'not measured' : `${fmt(recover)} ms`,
+    });
+  }
   for (const size of sizes) {
     const real = median(rows, OPS.mountReal, size);
     const name = `util-linux engine 10-volume mount+unmount ≤ 3× one mount --bind + umount (${size} containers)`;
