@@ -76,21 +76,29 @@ export function openInRootfs(rootfs: string, containerPath: string, options: Wal
  * appended as given, `..` clamped at the root. Creates nothing.
  */
 export function landingPath(rootfs: string, containerPath: string): string {
-  // The common case, nothing on the way a symlink, costs one system call instead of a
-  // walk: the path then lands where it says. A link swapped in just after is refused
-  // by the mounters, which follow none.
-  const lexical = path.join(rootfs, containerPath);
-  if (!containerPath.split('/').includes('..') && realPathOf(lexical) === lexical) return containerPath;
+  if (!containerPath.split('/').includes('..') && landsAsWritten(rootfs, containerPath)) return containerPath;
   const walked = walkInRootfs(rootfs, containerPath, {});
   fs.closeSync(walked.fd);
   return path.posix.resolve('/', ...walked.names, ...walked.missing);
 }
 
-function realPathOf(p: string): string | undefined {
-  try {
-    return fs.realpathSync.native(p);
-  } catch {
-    return undefined;
+/**
+ * Whether nothing on the way is a symlink, the common case, for a `realpath` or a few
+ * instead of a walk: the part of the path that exists resolves to itself (what does
+ * not exist yet cannot be a link). A link swapped in just after is refused by the
+ * mounters, which follow none.
+ */
+function landsAsWritten(rootfs: string, containerPath: string): boolean {
+  for (let p = containerPath, below: string | undefined; ; below = p, p = path.posix.dirname(p)) {
+    const lexical = path.resolve(rootfs, `.${p}`);
+    try {
+      if (fs.realpathSync.native(lexical) !== lexical) return false;
+      // The first part that does not resolve must be missing, not a dangling link to follow.
+      return below === undefined || fs.lstatSync(path.join(rootfs, below), { throwIfNoEntry: false }) === undefined;
+    } catch (error) {
+      // Only a missing part is looked past; a loop or a file on the way is the walk's to name.
+      if (!isErrnoException(error, 'ENOENT') || p === '/') return false;
+    }
   }
 }
 

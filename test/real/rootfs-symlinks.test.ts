@@ -99,6 +99,20 @@ describe.each(engines)('a Debian-layout rootfs, %s engine', (engine) => {
     expect(mountsUnder(w.dir)).toEqual([]);
   });
 
+  test('a dangling link on the way is followed: what it names is created inside the rootfs, not beside the link', async () => {
+    const w = world();
+    const rootfs = w.rootfs('dangling');
+    fs.mkdirSync(path.join(rootfs, 'var'));
+    fs.symlinkSync('../run', path.join(rootfs, 'var/run'));
+    fs.symlinkSync('/srv/data', path.join(rootfs, 'data'));
+    const c = await w.runtime.create({ rootfs, volumes: ['/var/run/postgresql', '/data/db'] });
+    await w.runtime.mount(c.id);
+    expect(mountsUnder(rootfs).map((m) => path.relative(rootfs, m.mountPoint)).sort()).toEqual(['run/postgresql', 'srv/data/db']);
+    expect(fs.lstatSync(path.join(rootfs, 'var/run')).isSymbolicLink()).toBe(true);
+    await w.runtime.unmount(c.id);
+    expect(mountsUnder(rootfs)).toEqual([]);
+  });
+
   test('two paths that are one directory through a link are refused at mount too, and nothing is mounted', async () => {
     const w = world();
     const rootfs = w.rootfs('alias');
