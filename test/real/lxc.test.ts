@@ -244,6 +244,24 @@ describe('LXC applies the exported lxc.mount.entry lines itself', () => {
     expect(mountsUnder(root)).toEqual([]);
   }, 60_000);
 
+  test('a link a container leaves in its volume at a nested mount point: LXC refuses to start, after create=dir made a directory through it', async () => {
+    // Pins LXC's behaviour, documented in docs/other-runtimes.md: its create=dir runs
+    // mkdir -p on host paths before safe_mount refuses the link. Our own mounter
+    // refuses without making anything (test/real/symlink-race.test.ts).
+    const { dir, runtime, volumeDir, image } = await world();
+    const outside = path.join(dir, 'outside');
+    await fs.mkdir(outside);
+    const db = await runtime.create({ rootfs: await image('db'), volumes: ['/data', '/data/logs/app'] });
+    // Put there from the host, as the container could itself: /data is its own, writable.
+    await fs.symlink(outside, path.join(volumeDir(db.volumes[0]!.volumeId), 'logs'));
+
+    const started = await lxcRun(db.rootfs, await runtime.lxcMountEntries(db.id), 'true');
+    expect(started.exitCode).not.toBe(0);
+    expect(started.stderr).toMatch(/logs in .*\/data\/logs\/app was a symbolic link!/);
+    expect(await fs.readdir(outside)).toEqual(['app']);
+    expect(mountsUnder(base)).toEqual([]);
+  }, 60_000);
+
   test('LXC 5.0 leaves a read-write volume without nosuid,nodev unless its store is mounted nosuid,nodev', async () => {
     // What this pins is LXC's behaviour, documented in docs/other-runtimes.md: if it
     // fails, LXC now applies the options itself and that page must say so.
