@@ -172,7 +172,11 @@ export class ContainerRuntime {
     return ociMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
   }
 
-  /** The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration, parents first. */
+  /**
+   * The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration,
+   * parents first, each at the place the path lands in the rootfs now: call it right
+   * before starting the container, and let LXC mount (do not also `mount` the container).
+   */
   async lxcMountEntries(containerId: string): Promise<string[]> {
     containerId = await resolveContainer(this.#ctx, containerId);
     return lxcMountEntries(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));

@@ -16,11 +16,15 @@ function fstabEscape(value: string): string {
 /**
  * The container's volumes as `lxc.mount.entry` config lines, parents before children
  * (LXC mounts entries in the order they appear). The destination is relative, so LXC
- * joins it to the container's rootfs; LXC refuses a symlink on the way (safe_mount)
- * where Docker follows it inside the rootfs, so each destination is where the path
- * lands in the rootfs as it is now, symlinks followed there (`/var/run/x` is written
- * `run/x` when `/var/run -> ../run`). `create=dir` makes a missing mount point, as
- * BindMounter does.
+ * joins it to the container's rootfs. LXC refuses a symlink on the way (safe_mount)
+ * where Docker follows it inside the rootfs, and its `create=dir` runs `mkdir -p` on
+ * the host path before that check, so a link would even make directories outside the
+ * rootfs: each destination is where the path lands in the rootfs as it is now,
+ * symlinks followed there (`/var/run/x` is written `run/x` when `/var/run -> ../run`).
+ * `create=dir` makes a missing mount point, as BindMounter does. No `optional`: a
+ * missing volume directory must stop the container, not start it without its data.
+ * LXC 5.0 applies `nosuid,nodev` to a `rw` bind only when the store's own mount has
+ * them (see docs/other-runtimes.md).
  */
 export function lxcMountEntries(container: ContainerInfo, hostPathOf: (volumeId: string) => string): string[] {
   return placeMounts(container, hostPathOf).map((mount) => {
