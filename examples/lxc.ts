@@ -132,7 +132,12 @@ try {
 } finally {
   if (stateMounted) await execa('umount', [state], { reject: false });
   for (const dir of temporary) await fs.rm(dir, { recursive: true, force: true });
-  // LXC keeps a lock directory for each container path it was given, under /run/lxc/lock.
-  await fs.rm(path.join('/run/lxc/lock', lxcPath), { recursive: true, force: true });
+  // LXC keeps a lock directory for each container path it was given, under /run/lxc/lock,
+  // with a parent for each component of that path: ours go, and the parents left empty.
+  const locks = '/run/lxc/lock';
+  await fs.rm(path.join(locks, lxcPath), { recursive: true, force: true });
+  for (let dir = path.dirname(path.join(locks, lxcPath)); dir !== locks; dir = path.dirname(dir)) {
+    if (!(await fs.rmdir(dir).then(() => true, () => false))) break;
+  }
 }
 console.log(process.exitCode ? 'lxc example FAILED' : 'lxc example done: temporary directories deleted');
