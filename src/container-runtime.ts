@@ -6,7 +6,9 @@ import { resolveContainer } from './operations/references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
 import { parseVolumesFrom, type VolumesFromSpec } from './rules/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
+import { makeMountPoints } from './export/mount-points.js';
 import { ociMounts, type OciMount } from './export/oci.js';
+import { placeMounts } from './plan/mount-plan.js';
 import { recoverStore, type RecoveryReport } from './operations/recover.js';
 import { backup, type BackupResult } from './handlers/backup.js';
 import { restore } from './handlers/restore.js';
@@ -174,12 +176,18 @@ export class ContainerRuntime {
 
   /**
    * The container's volumes as `lxc.mount.entry = …` lines for an LXC configuration,
-   * parents first, each at the place the path lands in the rootfs now: call it right
-   * before starting the container, and let LXC mount (do not also `mount` the container).
+   * parents first, each at the place the path lands in the rootfs now. Makes the mount
+   * points first, as `mount` would (nested ones inside their parent volume), so LXC
+   * need create none: call it right before starting the container, and let LXC mount
+   * (do not also `mount` the container).
    */
   async lxcMountEntries(containerId: string): Promise<string[]> {
     containerId = await resolveContainer(this.#ctx, containerId);
-    return lxcMountEntries(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
+    return this.#ctx.store.exclusive(async () => {
+      const placed = placeMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
+      makeMountPoints(placed);
+      return lxcMountEntries(placed);
+    });
   }
 
   /** Same as `volumes.createVolumes`. */

@@ -1,6 +1,5 @@
-import { placeMounts } from '../plan/mount-plan.js';
+import type { MountRequest } from '../mounter/mounter.js';
 import { volumeMountOptions } from '../rules/mount-options.js';
-import type { ContainerInfo } from '../types.js';
 
 /**
  * LXC reads `lxc.mount.entry` values back with glibc's getmntent_r, which splits
@@ -14,22 +13,23 @@ function fstabEscape(value: string): string {
 }
 
 /**
- * The container's volumes as `lxc.mount.entry` config lines, parents before children
- * (LXC mounts entries in the order they appear). The destination is relative, so LXC
- * joins it to the container's rootfs. LXC refuses a symlink on the way (safe_mount)
- * where Docker follows it inside the rootfs, and its `create=dir` runs `mkdir -p` on
- * the host path before that check, so a link would even make directories outside the
- * rootfs: each destination is where the path lands in the rootfs as it is now,
- * symlinks followed there (`/var/run/x` is written `run/x` when `/var/run -> ../run`).
- * `create=dir` makes a missing mount point, as BindMounter does. No `optional`: a
- * missing volume directory must stop the container, not start it without its data.
- * LXC 5.0 applies `nosuid,nodev` to a `rw` bind only when the store's own mount has
- * them (see docs/other-runtimes.md).
+ * A container's mounts, as `placeMounts` lands them, as `lxc.mount.entry` config lines,
+ * parents before children (LXC mounts entries in the order they appear). The
+ * destination is relative, so LXC joins it to the container's rootfs. LXC refuses a
+ * symlink on the way (safe_mount) where Docker follows it inside the rootfs: each
+ * destination is where the path lands in the rootfs as it is now, symlinks followed
+ * there (`/var/run/x` is written `run/x` when `/var/run -> ../run`). No `create=dir`:
+ * LXC's runs `mkdir -p` on the host path, through any link a container left in a
+ * volume, and inside a read-only parent volume it cannot; the mount points are made
+ * beforehand, safely (`makeMountPoints`). No `optional`: a missing volume directory or
+ * mount point must stop the container, not start it without its data. LXC 5.0 applies
+ * `nosuid,nodev` to a `rw` bind only when the store's own mount has them (see
+ * docs/other-runtimes.md).
  */
-export function lxcMountEntries(container: ContainerInfo, hostPathOf: (volumeId: string) => string): string[] {
-  return placeMounts(container, hostPathOf).map((mount) => {
+export function lxcMountEntries(placed: readonly MountRequest[]): string[] {
+  return placed.map((mount) => {
     const source = fstabEscape(mount.source);
     const destination = fstabEscape(mount.path.slice(1));
-    return `lxc.mount.entry = ${source} ${destination} none ${['bind', 'create=dir', ...volumeMountOptions(mount.mode)].join(',')} 0 0`;
+    return `lxc.mount.entry = ${source} ${destination} none ${['bind', ...volumeMountOptions(mount.mode)].join(',')} 0 0`;
   });
 }

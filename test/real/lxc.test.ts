@@ -225,29 +225,25 @@ describe('LXC applies the exported lxc.mount.entry lines itself', () => {
     expect(await runtime.volumes.list()).toEqual([]);
   }, 60_000);
 
-  test('a :ro share of a nested pair starts only once the nested mount point exists in the read-only parent volume', async () => {
+  test('a :ro share of a nested pair starts before its owner ever ran: the nested mount point is made inside the parent volume beforehand', async () => {
     const { root, runtime, volumeDir, image } = await world();
     const db = await runtime.create({ rootfs: await image('db'), volumes: ['/data', '/data/logs'] });
     const reader = await runtime.create({ rootfs: await image('reader'), volumesFrom: [`${db.id}:ro`] });
-    const entries = await runtime.lxcMountEntries(reader.id);
-    // LXC makes each mount point just before its mount, and /data is read-only by then.
-    const early = await lxcRun(reader.rootfs, entries, 'true');
-    expect(early.exitCode).not.toBe(0);
-    expect(early.stderr).toMatch(/Read-only file system - Failed to create directory ".*\/data\/logs"/);
     expect(await fs.readdir(volumeDir(db.volumes[0]!.volumeId))).toEqual([]);
-    expect(mountsUnder(root)).toEqual([]);
-
-    // Once the owner has run (its own mounts make the directory), the reader starts.
-    expect((await lxcRun(db.rootfs, await runtime.lxcMountEntries(db.id), 'true')).exitCode).toBe(0);
-    const late = await lxcRun(reader.rootfs, entries, 'ls /data');
-    expect([late.exitCode, late.stdout]).toEqual([0, 'logs']);
+    // LXC could not make /data/logs itself: /data is read-only in this container by then.
+    const entries = await runtime.lxcMountEntries(reader.id);
+    expect(entries.join('\n')).not.toContain('create=');
+    const early = await lxcRun(reader.rootfs, entries, 'ls /data && cat /proc/self/mountinfo');
+    expect(early.exitCode).toBe(0);
+    expect(early.stdout.split('\n')[0]).toBe('logs');
+    expect(mountsSeen(early.stdout)['/data/logs']?.options).toEqual(expect.arrayContaining(['ro', 'nosuid', 'nodev']));
     expect(mountsUnder(root)).toEqual([]);
   }, 60_000);
 
-  test('a link a container leaves in its volume at a nested mount point: LXC refuses to start, after create=dir made a directory through it', async () => {
-    // Pins LXC's behaviour, documented in docs/other-runtimes.md: its create=dir runs
-    // mkdir -p on host paths before safe_mount refuses the link. Our own mounter
-    // refuses without making anything (test/real/symlink-race.test.ts).
+  test('a link a container leaves in its volume at a nested mount point is refused before LXC runs, and nothing is made through it', async () => {
+    // LXC's own create=dir would run mkdir -p through the link on the host before its
+    // safe_mount refuses it; the entries carry no create=dir, and the mount points are
+    // made by a walk that follows no link.
     const { dir, runtime, volumeDir, image } = await world();
     const outside = path.join(dir, 'outside');
     await fs.mkdir(outside);
@@ -255,10 +251,17 @@ describe('LXC applies the exported lxc.mount.entry lines itself', () => {
     // Put there from the host, as the container could itself: /data is its own, writable.
     await fs.symlink(outside, path.join(volumeDir(db.volumes[0]!.volumeId), 'logs'));
 
-    const started = await lxcRun(db.rootfs, await runtime.lxcMountEntries(db.id), 'true');
+    await expect(runtime.lxcMountEntries(db.id)).rejects.toMatchObject({ code: 'ERR_PATH_ESCAPES_ROOTFS' });
+    expect(await fs.readdir(outside)).toEqual([]);
+    // Entries written before the link appeared: LXC, creating nothing, refuses the link itself.
+    await fs.unlink(path.join(volumeDir(db.volumes[0]!.volumeId), 'logs'));
+    const entries = await runtime.lxcMountEntries(db.id);
+    await fs.rm(path.join(volumeDir(db.volumes[0]!.volumeId), 'logs'), { recursive: true });
+    await fs.symlink(outside, path.join(volumeDir(db.volumes[0]!.volumeId), 'logs'));
+    const started = await lxcRun(db.rootfs, entries, 'true');
     expect(started.exitCode).not.toBe(0);
-    expect(started.stderr).toMatch(/logs in .*\/data\/logs\/app was a symbolic link!/);
-    expect(await fs.readdir(outside)).toEqual(['app']);
+    expect(started.stderr).toMatch(/was a symbolic link!/);
+    expect(await fs.readdir(outside)).toEqual([]);
     expect(mountsUnder(base)).toEqual([]);
   }, 60_000);
 
