@@ -47,10 +47,10 @@ const expectedLines: Record<string, RegExp[]> = {
   ],
   'lxc.ts': [
     /^db: lxc-execute with 2 volume entries:$/m,
-    /^ {2}lxc\.mount\.entry = \S+\/volumes\/[0-9a-f-]{36} var\/lib\/postgres none bind,create=dir,rw,nosuid,nodev 0 0$/m,
+    /^ {2}lxc\.mount\.entry = \S+\/volumes\/[0-9a-f-]{36} var\/lib\/postgres none bind,rw,nosuid,nodev 0 0$/m,
     /^db saw \/var\/lib\/postgres mounted rw,nosuid,nodev(,|$)/m,
     /^db wrote \/var\/lib\/postgres\/PG_VERSION: 16$/m,
-    /^ {2}lxc\.mount\.entry = \S+\/volumes\/[0-9a-f-]{36} var\/log none bind,create=dir,ro,nosuid,nodev 0 0$/m,
+    /^ {2}lxc\.mount\.entry = \S+\/volumes\/[0-9a-f-]{36} var\/log none bind,ro,nosuid,nodev 0 0$/m,
     /^backup job writing \/var\/log\/backup\.log: refused \(Read-only file system\)$/m,
     /^backup job archived: var\/lib\/postgres\/PG_VERSION, var\/lib\/postgres\/postgresql\.conf, var\/log\/db\.log$/m,
     /^after both containers exited: mounted flags false, false; 0 mounts under their rootfs on the host$/m,
