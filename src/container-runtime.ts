@@ -4,6 +4,7 @@ import { createContainer, removeContainer } from './operations/containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
 import { resolveContainer } from './operations/references.js';
 import { normalizeVolumePaths } from './rules/volume-path.js';
+import { checkIdMap } from './rules/idmap.js';
 import { parseVolumesFrom, type VolumesFromSpec } from './rules/volumes-from.js';
 import { lxcMountEntries } from './export/lxc.js';
 import { makeMountPoints } from './export/mount-points.js';
@@ -51,8 +52,9 @@ export class ContainerRuntime {
   /** `docker create -v PATH… --volumes-from ID[:ro|:rw]…`: a new container with its volumes. */
   async create(spec: CreateContainerSpec): Promise<ContainerInfo> {
     if (spec === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'create needs a container spec with a rootfs');
-    const given = optionsObject<CreateContainerSpec>(spec, 'the container spec', ['rootfs', 'volumes', 'volumesFrom', 'copyUp']);
+    const given = optionsObject<CreateContainerSpec>(spec, 'the container spec', ['rootfs', 'volumes', 'volumesFrom', 'copyUp', 'idmap']);
     const paths = given.volumes === undefined ? [] : normalizeVolumePaths(given.volumes);
+    const idmap = given.idmap === undefined ? undefined : checkIdMap(given.idmap, 'idmap');
     if (given.volumesFrom !== undefined && !Array.isArray(given.volumesFrom)) {
       throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `volumesFrom must be an array, got ${describe(given.volumesFrom)}`);
     }
@@ -64,7 +66,7 @@ export class ContainerRuntime {
     }
     const copyUp = optionalBoolean(given.copyUp, 'copyUp') ?? true;
     const config = await this.#ctx.store.exclusive(() =>
-      createContainer(this.#ctx, { rootfs: given.rootfs, paths, volumesFrom, copyUp }),
+      createContainer(this.#ctx, { rootfs: given.rootfs, paths, volumesFrom, copyUp, ...(idmap ? { idmap } : {}) }),
     );
     return toContainerInfo(config);
   }

@@ -13,7 +13,7 @@ export type { RsyncStats } from './handlers/rsync.js';
 export type { BackupOptions, Progress, RestoreOptions } from './handlers/transfer-options.js';
 export { BindMounter, type BindMounterOptions } from './mounter/bind.js';
 export type { MountEngine } from './mounter/engine-choice.js';
-export { FakeMounter, type FakeFailure, type FakeMounterCall } from './mounter/fake.js';
+export { FakeMounter, type FakeFailure, type FakeMounterCall, type FakeMounterOptions } from './mounter/fake.js';
 export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';
 export { ContainerVolumesError, MountCommandError, type ErrorCode } from './errors.js';
 export type {
@@ -22,6 +22,8 @@ export type {
   CreateVolumesOptions,
   DiskUsage,
   DiskUsageOptions,
+  IdMap,
+  IdMapping,
   Mode,
   Origin,
   PruneOptions,

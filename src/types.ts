@@ -23,6 +23,34 @@ export interface VolumeMount {
   origin: Origin;
 }
 
+/**
+ * One range of a user-namespace mapping, as the OCI runtime spec names it: the ids
+ * `containerID … containerID + size - 1` inside the user namespace are the host ids
+ * `hostID … hostID + size - 1`.
+ */
+export interface IdMapping {
+  /** The first id of the range inside the user namespace. */
+  containerID: number;
+  /** The host id it is. */
+  hostID: number;
+  /** How many consecutive ids the range holds, 1 or more. */
+  size: number;
+}
+
+/**
+ * The user namespace a container's processes run in, as `/proc/<pid>/uid_map` and
+ * `gid_map` say it. A container that has one gets its volumes mounted idmapped with it:
+ * what a volume holds shows inside with the ids it has on disk (a file of uid 0 on disk
+ * is root inside), and what the container writes lands on disk with its ids inside.
+ * See docs/user-namespaces.md.
+ */
+export interface IdMap {
+  /** The uid ranges: 1 to 340 of them, overlapping neither inside nor on the host. */
+  uidMappings: IdMapping[];
+  /** The gid ranges, with the same rules. */
+  gidMappings: IdMapping[];
+}
+
 /** A container as `get`, `list`, `create` and `mount` report it: a copy, safe to change. */
 export interface ContainerInfo {
   /** The container's id, a lower-case uuid (any unique prefix of it names the container). */
@@ -45,6 +73,8 @@ export interface ContainerInfo {
     /** The process running the handler. */
     pid: number;
   };
+  /** The user namespace its processes run in, when it was created with one: its volumes are mounted idmapped. */
+  idmap?: IdMap;
 }
 
 /** One container's use of a volume. */
@@ -79,6 +109,13 @@ export interface CreateContainerSpec {
   volumesFrom?: string[];
   /** Copy what the rootfs holds at a new volume's path into it (Docker's copy-up). Default true. */
   copyUp?: boolean;
+  /**
+   * The user namespace the container's processes will run in: every volume of the
+   * container (its own and those it shares) is then mounted idmapped with it, so that
+   * owners inside are the owners on disk. Fixed at creation. Needs a mounter that makes
+   * idmapped mounts (`Mounter.supportsIdmap`: BindMounter with the kernel engine).
+   */
+  idmap?: IdMap;
 }
 
 /** Options of `createVolumes`. */

@@ -65,6 +65,15 @@ export class BindMounter implements Mounter {
     this.#kernel = chosen.kernel;
   }
 
+  /**
+   * True with the kernel engine, which mounts a request's `idmap` idmapped; false with
+   * util-linux, whose `mount` (before 2.39) cannot: it refuses such a request with
+   * ERR_IDMAP_UNSUPPORTED before mounting anything.
+   */
+  get supportsIdmap(): boolean {
+    return this.#kernel !== undefined;
+  }
+
   mount(request: MountRequest): Promise<void> {
     return this.mountAll([request]);
   }
@@ -77,6 +86,13 @@ export class BindMounter implements Mounter {
     if (!Array.isArray(requests)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'mountAll takes an array of mount requests');
     requests.forEach(checkMountRequest);
     if (requests.length === 0) return;
+    const idmapped = requests.find((r) => r.idmap);
+    if (idmapped && !this.#kernel) {
+      throw new ContainerVolumesError(
+        'ERR_IDMAP_UNSUPPORTED',
+        `mounting ${idmapped.path} in rootfs ${idmapped.rootfs} idmapped needs the kernel mount engine: this BindMounter uses util-linux, whose mount cannot make idmapped mounts before 2.39`,
+      );
+    }
     checkMountPrivilege(`mounting ${requests[0]?.path} in rootfs ${requests[0]?.rootfs}`);
     const landed = landRequests(requests);
     if (this.#kernel) await this.#kernel.mountAll(landed);

@@ -142,6 +142,21 @@ export const mounterContract: readonly MounterContractCase[] = [
     },
   },
   {
+    name: 'a mounter declaring supportsIdmap mounts a request with an idmap (shown idmapped when it tells options), and refuses a malformed one',
+    async run({ mounter, makeRootfs, makeSource }) {
+      if (mounter.supportsIdmap !== true) return;
+      const [rootfs, source] = [await makeRootfs(), await makeSource()];
+      const range = [{ containerID: 0, hostID: 100000, size: 65536 }];
+      await mounter.mount({ source, rootfs, path: '/data', mode: 'ro', idmap: { uidMappings: range, gidMappings: range } });
+      const listed = await mounter.list(rootfs);
+      assert.deepEqual(listed.map((m) => [m.path, m.mode]), [['/data', 'ro']]);
+      if (listed[0]?.options !== undefined) assert.ok(listed[0].options.includes('idmapped'), `options ${listed[0].options.join(',')} lack idmapped`);
+      await mounter.unmount({ rootfs, path: '/data' });
+      await rejectsWithCode(mounter.mount({ source, rootfs, path: '/data', mode: 'rw', idmap: { uidMappings: range, gidMappings: [] } }), 'ERR_INVALID_ARGUMENT');
+      assert.deepEqual(await mounter.list(rootfs), []);
+    },
+  },
+  {
     name: 'bad requests are refused with a code and mount nothing',
     async run({ mounter, makeRootfs, makeSource }) {
       const [rootfs, source] = [await makeRootfs(), await makeSource()];

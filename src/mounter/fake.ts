@@ -2,7 +2,8 @@ import path from 'node:path';
 import { optionsObject } from '../context.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
-import type { Mode } from '../types.js';
+import { copyIdMap } from '../rules/idmap.js';
+import type { IdMap, Mode } from '../types.js';
 import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
 import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
 
@@ -19,6 +20,8 @@ export type FakeMounterCall =
       path: string;
       /** The requested mode. */
       mode: Mode;
+      /** The mapping the mount is idmapped with, when the request has one (a copy). */
+      idmap?: IdMap;
     }
   | {
       /** An `unmount` call. */
@@ -59,6 +62,12 @@ interface FakeMount {
   mode: Mode;
 }
 
+/** Options of `new FakeMounter(options)`. */
+export interface FakeMounterOptions {
+  /** Whether it declares it makes idmapped mounts (`Mounter.supportsIdmap`). Default true. */
+  supportsIdmap?: boolean;
+}
+
 /**
  * A Mounter that keeps its mounts in memory: for tests that need no root. It records
  * every call in `calls` and can be told to fail chosen calls (`failOn`) so that
@@ -74,6 +83,15 @@ export class FakeMounter implements Mounter {
   /** Host path of the mount point → stack of mounts there, the last one on top. */
   private readonly mounts = new Map<string, FakeMount[]>();
   private readonly failures: FakeFailure[] = [];
+  /** See `FakeMounterOptions.supportsIdmap`: a mapping it is given is recorded in `calls`. */
+  readonly supportsIdmap: boolean;
+
+  /** Options that are not an object, have unknown keys or a non-boolean `supportsIdmap` are ERR_INVALID_ARGUMENT. */
+  constructor(options?: FakeMounterOptions) {
+    const { supportsIdmap = true } = optionsObject<FakeMounterOptions>(options, 'FakeMounter options', ['supportsIdmap']);
+    if (typeof supportsIdmap !== 'boolean') throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `FakeMounter options.supportsIdmap must be a boolean, got ${describe(supportsIdmap)}`);
+    this.supportsIdmap = supportsIdmap;
+  }
 
   /**
    * Adds a failure rule. Rules are tried in the order added, the first that matches a
@@ -99,8 +117,8 @@ export class FakeMounter implements Mounter {
 
   async mount(request: MountRequest): Promise<void> {
     checkMountRequest(request);
-    const { source, rootfs, path: containerPath, mode } = request;
-    this.calls.push({ op: 'mount', source, rootfs, path: containerPath, mode });
+    const { source, rootfs, path: containerPath, mode, idmap } = request;
+    this.calls.push({ op: 'mount', source, rootfs, path: containerPath, mode, ...(idmap ? { idmap: copyIdMap(idmap) } : {}) });
     this.maybeFail('mount', containerPath, 'ERR_MOUNT_FAILED');
     const at = path.join(rootfs, containerPath);
     this.mounts.set(at, [...(this.mounts.get(at) ?? []), { source, mode }]);

@@ -2,6 +2,7 @@ import { ContainerVolumesError, describe } from '../errors.js';
 import { landingPath } from '../rootfs/open-in-rootfs.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import { checkMode } from '../rules/volumes-from.js';
+import { checkIdMap } from '../rules/idmap.js';
 import type { MountRequest, MountTarget } from './mounter.js';
 
 /**
@@ -35,6 +36,7 @@ export function checkMountRequest(request: MountRequest): void {
   if (checkMode(request.mode, `the mount at ${request.path}`) === undefined) {
     throw new ContainerVolumesError('ERR_INVALID_MODE', `the mount at ${request.path} has no mode: must be 'ro' or 'rw'`);
   }
+  if (request.idmap !== undefined) checkIdMap(request.idmap, `the idmap of the mount at ${request.path}`);
 }
 
 /**

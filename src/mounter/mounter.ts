@@ -1,4 +1,4 @@
-import type { Mode } from '../types.js';
+import type { IdMap, Mode } from '../types.js';
 
 /** One volume to attach: the volume's directory, the container's rootfs, the container path and the mode. */
 export interface MountRequest {
@@ -10,6 +10,13 @@ export interface MountRequest {
   path: string;
   /** `'ro'` attaches the volume read-only, `'rw'` read-write; required (ERR_INVALID_MODE otherwise). */
   mode: Mode;
+  /**
+   * The user namespace of the container, when it has one: the mount must be idmapped
+   * with it (MOUNT_ATTR_IDMAP), so that an id on disk is that id inside the container.
+   * The library gives it only to a mounter whose `supportsIdmap` is true
+   * (ERR_IDMAP_UNSUPPORTED otherwise, before anything is mounted).
+   */
+  idmap?: IdMap;
 }
 
 /** Where a volume is attached: a container path inside a rootfs. */
@@ -52,8 +59,22 @@ export interface MountedVolume {
  * `unmountAll` too when a whole container's mounts are cheaper in one go (BindMounter
  * makes them in a constant number of processes). Run `mounterContract` from
  * `container-volumes/testing` against it.
+ *
+ * Requests can gain fields over time; one a mounter written before would ignore
+ * silently changes what the container sees, so each comes with a capability the
+ * mounter declares, and the library refuses to hand such a request to a mounter that
+ * does not declare it: `supportsIdmap` for `MountRequest.idmap`.
  */
 export interface Mounter {
+  /**
+   * Optional: true when `mount` and `mountAll` apply `MountRequest.idmap` (an idmapped
+   * mount with that user namespace's mapping), and fail rather than mount without it.
+   * Absent or false: the library refuses to mount a container that declares a mapping
+   * (ERR_IDMAP_UNSUPPORTED), before anything is mounted. BindMounter: true with its
+   * kernel engine, false with util-linux.
+   */
+  readonly supportsIdmap?: boolean;
+
   /**
    * Attaches `source` at `<rootfs><path>`, `path` resolved inside the rootfs as the
    * container will see it: symlinks there followed, never out of the rootfs (an absolute

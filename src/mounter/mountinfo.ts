@@ -12,6 +12,8 @@ export interface MountinfoEntry {
   options: string[];
   /** Propagation tags (`shared:N`, `master:N`); none for a private mount. */
   propagation: string[];
+  /** The file system type (`ext4`, `tmpfs`). */
+  fsType: string;
 }
 
 /** mountinfo escapes space, tab, newline and backslash as three octal digits. */
@@ -33,6 +35,7 @@ export function parseMountinfo(text: string): MountinfoEntry[] {
       mountPoint: unescape(fields[4] as string),
       options: (fields[5] as string).split(','),
       propagation: fields.slice(6, dash),
+      fsType: unescape(fields[dash + 1] ?? ''),
     });
   }
   return entries;

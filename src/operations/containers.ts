@@ -2,7 +2,7 @@ import path from 'node:path';
 import { ContainerVolumesError } from '../errors.js';
 import type { Context } from '../context.js';
 import { debugRuntime } from '../debug.js';
-import { applyPlan, checkPlaces, mountedOf, placeMounts, removePlan } from '../plan/mount-plan.js';
+import { applyPlan, checkIdmapSupport, checkPlaces, mountedOf, placeMounts, removePlan } from '../plan/mount-plan.js';
 import { checkMountPointsFree, holderOf } from '../plan/mount-owners.js';
 import { checkReadOnlyParents } from '../plan/read-only-parents.js';
 import { checkRootfs } from '../rootfs/check-rootfs.js';
@@ -17,7 +17,7 @@ import { currentMountNamespace } from '../namespaces/mount-namespace.js';
 import { checkNotMountedElsewhere, mountedElsewhere, whereMounted } from '../namespaces/mounted-elsewhere.js';
 import { recordNamespace } from '../store/namespace-registry.js';
 import { checkHandlerEnded, handlerRunning } from '../handlers/handler-state.js';
-import type { VolumeMount } from '../types.js';
+import type { IdMap, VolumeMount } from '../types.js';
 import type { MountedVolume } from '../mounter/mounter.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
@@ -27,6 +27,8 @@ export interface CreateRequest {
   paths: string[];
   volumesFrom: VolumesFromSpec[];
   copyUp: boolean;
+  /** The user namespace the container runs in, checked (see `checkIdMap`): its own, never a share source's. */
+  idmap?: IdMap;
   /** Marks a handler's transient container (see runHandler). */
   handler?: Pick<ContainerConfig, 'handler'>;
 }
@@ -54,6 +56,7 @@ export async function createContainer(ctx: Context, request: CreateRequest): Pro
     createdAt: new Date().toISOString(),
     mounted: false,
     volumes: sortVolumes([...shared, ...created]),
+    ...(request.idmap ? { idmap: request.idmap } : {}),
     ...request.handler,
   };
   try {
@@ -93,6 +96,7 @@ export async function mountContainer(ctx: Context, containerId: string): Promise
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'mount');
   await checkVolumesExist(ctx, config);
   const plan = placeMounts(config, (id) => ctx.store.volumeDir(id));
+  checkIdmapSupport(ctx.mounter, plan, `container ${config.id}`);
   const guard = () => ctx.store.assertLocked();
   // Everything that can refuse does so before the intent is written, so a refusal changes nothing.
   const present = plan.length > 0 ? await ctx.mounter.list(config.rootfs) : [];

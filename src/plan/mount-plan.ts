@@ -13,10 +13,28 @@ import type { ContainerConfig } from '../store/container-config.js';
  * turn into OCI `mounts` or LXC entries (a runtime resolves those paths in the rootfs
  * itself). Every mount's options follow from its mode (`volumeMountOptions`).
  */
-export function planMounts(container: Pick<ContainerConfig, 'rootfs' | 'volumes'>, volumeDir: (volumeId: string) => string): MountRequest[] {
+export function planMounts(container: PlannedContainer, volumeDir: (volumeId: string) => string): MountRequest[] {
+  const { idmap } = container;
   return container.volumes
-    .map((v) => ({ source: volumeDir(v.volumeId), rootfs: container.rootfs, path: v.path, mode: v.mode }))
+    .map((v) => ({ source: volumeDir(v.volumeId), rootfs: container.rootfs, path: v.path, mode: v.mode, ...(idmap ? { idmap } : {}) }))
     .sort((a, b) => compareParentsFirst(a.path, b.path));
+}
+
+/** What of a configuration the plan follows from: every volume takes the container's own mapping, wherever it was shared from. */
+type PlannedContainer = Pick<ContainerConfig, 'rootfs' | 'volumes' | 'idmap'>;
+
+/**
+ * Refuses a plan whose mounts must be idmapped when the mounter does not declare it
+ * can make them: mounted plain, the container would see every owner wrong and write
+ * files with its host ids. `who` names the container (or the rootfs) in the message.
+ */
+export function checkIdmapSupport(mounter: Mounter, plan: readonly MountRequest[], who: string): void {
+  if (mounter.supportsIdmap === true || !plan.some((r) => r.idmap)) return;
+  throw new ContainerVolumesError(
+    'ERR_IDMAP_UNSUPPORTED',
+    `${who} declares a user-namespace mapping (idmap), so its volumes must be mounted idmapped, and its mounter does not declare it can make idmapped mounts (supportsIdmap): ` +
+      "that needs BindMounter's kernel mount engine (util-linux's mount cannot before 2.39), or a mounter that declares supportsIdmap",
+  );
 }
 
 /**
@@ -38,7 +56,7 @@ export function checkPlaces(rootfs: string, paths: readonly string[]): void {
   }
 }
 
-export function placeMounts(container: Pick<ContainerConfig, 'rootfs' | 'volumes'>, volumeDir: (volumeId: string) => string): MountRequest[] {
+export function placeMounts(container: PlannedContainer, volumeDir: (volumeId: string) => string): MountRequest[] {
   const plan = planMounts(container, volumeDir);
   try {
     return landRequests(plan).sort((a, b) => compareParentsFirst(a.path, b.path));
@@ -95,12 +113,13 @@ export async function applyPlan(
 ): Promise<MountRequest[]> {
   const first = plan[0];
   if (first === undefined) return [];
+  checkIdmapSupport(mounter, plan, `the container of rootfs ${first.rootfs}`);
   const present = listed ?? (await mounter.list(first.rootfs));
   const missing: MountRequest[] = [];
   const halfMade: MountRequest[] = [];
   for (const request of plan) {
     const top = await mountedThere(present, request);
-    if (top && isComplete(top) && top.mode === request.mode && !missing.some((m) => isBelow(request.path, m.path))) continue;
+    if (top && isAsAsked(top, request) && !missing.some((m) => isBelow(request.path, m.path))) continue;
     missing.push(request);
     if (top && !isComplete(top)) halfMade.push(request);
   }
@@ -120,6 +139,16 @@ export async function applyPlan(
     throw error;
   }
   return missing;
+}
+
+/**
+ * Whether a mount of the request's volume at its path is what the request asks for:
+ * complete, in its mode, and idmapped when the container has a mapping (mountinfo shows
+ * `idmapped`; which mapping it does not show, and a container's mapping never changes).
+ */
+export function isAsAsked(mount: MountedVolume, request: MountRequest): boolean {
+  const idmapped = request.idmap === undefined || mount.options === undefined || mount.options.includes('idmapped');
+  return isComplete(mount) && mount.mode === request.mode && idmapped;
 }
 
 /** Whether a mount shows the options every volume mount gets (when the mounter tells them). */

@@ -2,7 +2,7 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { ContainerVolumesError } from '../errors.js';
-import { applyPlan, isComplete, mountedOf, mountedThere, placeMounts } from './mount-plan.js';
+import { applyPlan, isAsAsked, mountedOf, mountedThere, placeMounts } from './mount-plan.js';
 import type { MountedVolume, MountRequest } from '../mounter/mounter.js';
 import type { ContainerConfig } from '../store/container-config.js';
 import type { RecoveryReport } from '../operations/recover.js';
@@ -180,13 +180,13 @@ async function recoverRegion(
   }
 }
 
-/** Whether every mount in `ours` is a complete mount of a distinct planned mount: the right volume, path and mode. */
+/** Whether every mount in `ours` is a complete mount of a distinct planned mount: the right volume, path and mode, idmapped if asked. */
 async function allWanted(ours: readonly MountedVolume[], wanted: readonly MountRequest[]): Promise<boolean> {
   const left = [...wanted];
   for (const m of ours) {
     let match = -1;
     for (const [i, request] of left.entries()) {
-      if (request.path === m.path && request.mode === m.mode && isComplete(m) && (await mountedThere([m], request))) {
+      if (request.path === m.path && isAsAsked(m, request) && (await mountedThere([m], request))) {
         match = i;
         break;
       }

@@ -5,7 +5,8 @@ import { isBootId } from './boot-id.js';
 import { isPid, isStartTime } from '../namespaces/process-alive.js';
 import { isNamespaceId, type MountNamespace } from '../namespaces/mount-namespace.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
-import type { ContainerInfo, VolumeMount } from '../types.js';
+import { checkIdMap, copyIdMap } from '../rules/idmap.js';
+import type { ContainerInfo, IdMap, VolumeMount } from '../types.js';
 
 /** What `containers/<id>.json` holds: the single source of truth for a container's volumes. */
 export interface ContainerConfig extends ContainerInfo {
@@ -42,7 +43,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     throw corrupt(`not JSON (${(error as Error).message})`);
   }
   if (!isObject(raw)) throw corrupt('not an object');
-  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, mountedIn, handler } = raw;
+  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, mountedIn, handler, idmap } = raw;
   if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
   if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
@@ -58,6 +59,12 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   if (handler !== undefined && !(isObject(handler) && isPid(handler.pid) && isBootId(handler.bootId) && isNamespaceInit(handler.namespace))) {
     throw corrupt('bad handler');
   }
+  let parsedIdmap: IdMap | undefined;
+  try {
+    parsedIdmap = idmap === undefined ? undefined : checkIdMap(idmap, 'idmap');
+  } catch (error) {
+    throw corrupt((error as Error).message);
+  }
   return {
     version: 1,
     id,
@@ -68,6 +75,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     ...(mountedInBoot === undefined ? {} : { mountedInBoot }),
     ...(mountedIn === undefined ? {} : { mountedIn: { namespace: mountedIn.namespace, pid: mountedIn.pid, startTime: mountedIn.startTime } }),
     ...(handler === undefined ? {} : { handler: parsedHandler(handler) }),
+    ...(parsedIdmap === undefined ? {} : { idmap: parsedIdmap }),
   };
 }
 
@@ -121,5 +129,6 @@ export function toContainerInfo(config: ContainerConfig): ContainerInfo {
     mounted: config.mounted,
     createdAt: config.createdAt,
     ...(config.handler ? { handler: { pid: config.handler.pid } } : {}),
+    ...(config.idmap ? { idmap: copyIdMap(config.idmap) } : {}),
   };
 }

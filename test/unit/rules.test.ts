@@ -82,7 +82,7 @@ describe('mountinfo', () => {
 
   test('is parsed field by field, with octal escapes undone', () => {
     const [root, , db] = parseMountinfo(text);
-    expect(root).toEqual({ id: 22, device: '254:0', root: '/', mountPoint: '/', options: ['rw', 'relatime'], propagation: ['shared:1'] });
+    expect(root).toEqual({ id: 22, device: '254:0', root: '/', mountPoint: '/', options: ['rw', 'relatime'], propagation: ['shared:1'], fsType: 'ext4' });
     expect(db?.mountPoint).toBe('/srv/rootfs/db/var/lib/my db');
     expect(db?.options).toEqual(['ro', 'nosuid', 'nodev']);
     expect(db?.id).toBe(40);

@@ -47,6 +47,8 @@ export const MOUNT_ATTR__ATIME = 0x70;
 export const MOUNT_ATTR_RELATIME = 0;
 export const MOUNT_ATTR_NODIRATIME = 0x80;
 export const MOUNT_ATTR_NOSYMFOLLOW = 0x200000;
+/** Idmaps the mount with the user namespace `userns_fd` names (set on a detached mount only). */
+export const MOUNT_ATTR_IDMAP = 0x100000;
 /** `struct mount_attr { __u64 attr_set, attr_clr, propagation, userns_fd; }`. */
 export const MOUNT_ATTR_SIZE_VER0 = 32;
 export const MS_PRIVATE = 1 << 18;

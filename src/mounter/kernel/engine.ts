@@ -1,14 +1,18 @@
+import { closeSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../../errors.js';
 import { debugMount } from '../../debug.js';
 import { openInRootfs, procPathOf, type PinnedDirectory } from '../../rootfs/open-in-rootfs.js';
 import { isBelow } from '../../rules/volume-path.js';
+import { idMapKey } from '../../rules/idmap.js';
 import type { MountRequest, MountTarget } from '../mounter.js';
+import { parseMountinfo } from '../mountinfo.js';
 import {
   AT_EMPTY_PATH,
   AT_FDCWD,
   MNT_DETACH,
   MOUNT_ATTR__ATIME,
+  MOUNT_ATTR_IDMAP,
   MOUNT_ATTR_NODEV,
   MOUNT_ATTR_NODIRATIME,
   MOUNT_ATTR_NOEXEC,
@@ -35,6 +39,7 @@ import {
   STATX_MNT_ID,
 } from './constants.js';
 import type { KernelCalls, MountAttr, StatxResult } from './syscalls.js';
+import { openUserNamespace } from './user-namespace.js';
 
 const OPEN_DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC;
 /**
@@ -76,7 +81,13 @@ export class KernelEngine {
   async mountAll(requests: readonly MountRequest[]): Promise<void> {
     const session = new Session(this.calls);
     const attached: Attached[] = [];
+    const userNamespaces = new Map<string, number>();
     try {
+      // One user namespace per distinct mapping, all made before anything is mounted.
+      for (const request of requests) {
+        const key = request.idmap && idMapKey(request.idmap);
+        if (key && !userNamespaces.has(key)) userNamespaces.set(key, await openUserNamespace(request.idmap!, describeMount(request)));
+      }
       // A non-directory or a loop on any path is refused before anything is made.
       requests.forEach((request, i) => {
         if (parentOf(requests, i) !== undefined) return;
@@ -86,13 +97,14 @@ export class KernelEngine {
       const seen = new Set<Identity>();
       for (const [i, request] of requests.entries()) {
         const nested = requests.filter((_, j) => j > i && parentOf(requests, j) === i);
-        this.attach(session, request, nested, seen, attached);
+        this.attach(session, request, nested, seen, attached, request.idmap && userNamespaces.get(idMapKey(request.idmap)));
       }
     } catch (error) {
       await this.detachAll(attached.reverse()).catch((e: Error) => debugMount('rollback failed: %s', e.message));
       throw error;
     } finally {
       for (const a of attached) this.calls.close(a.tree);
+      for (const fd of userNamespaces.values()) closeSync(fd);
       session.close();
     }
   }
@@ -123,8 +135,16 @@ export class KernelEngine {
   /**
    * Makes one mount, after the mount points of `nested` inside it, and adds it to
    * `attached` the moment it is attached, so that a failed check undoes it too.
+   * `userns` is the user namespace to idmap it with, for a request with a mapping.
    */
-  private attach(session: Session, request: MountRequest, nested: readonly MountRequest[], seen: Set<Identity>, attached: Attached[]): void {
+  private attach(
+    session: Session,
+    request: MountRequest,
+    nested: readonly MountRequest[],
+    seen: Set<Identity>,
+    attached: Attached[],
+    userns: number | undefined,
+  ): void {
     const what = describeMount(request);
     const calls = this.calls;
     let tree: number;
@@ -136,8 +156,14 @@ export class KernelEngine {
     let target: number | undefined;
     try {
       // While the copy is still writable and seen by nobody, so a read-only volume can hold mount points.
+      // Before it is idmapped too: root of this namespace cannot create through an idmapping that has no id for it.
       for (const child of nested) makeDirectories(calls, tree, path.posix.relative(request.path, child.path));
-      calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request));
+      try {
+        calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request, userns));
+      } catch (error) {
+        if (userns !== undefined && isErrnoException(error, 'EINVAL')) throw idmapRefused(calls, request, what, error);
+        throw error;
+      }
       target = session.resolve(request, true, what) as number;
       const identity = session.identityOf(target);
       // Landing refuses two paths to one directory by name; a bind mount inside the rootfs can still make two names one.
@@ -174,6 +200,10 @@ export class KernelEngine {
       const wanted: [number, string][] = [[ST_NOSUID, 'nosuid'], [ST_NODEV, 'nodev']];
       const missing = wanted.filter(([flag]) => (flags & flag) === 0).map(([, name]) => name);
       if (((flags & ST_RDONLY) !== 0) !== (request.mode === 'ro')) missing.push(request.mode);
+      // No flag tells an idmapped mount: mountinfo does.
+      if (request.idmap && !parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) {
+        missing.push('idmapped');
+      }
       if (missing.length > 0) {
         throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show ${missing.join(',')} in effect (fstatvfs flags ${flags.toString(16)})`);
       }
@@ -203,14 +233,36 @@ export class KernelEngine {
   }
 }
 
-/** The mount's options: those util-linux's `remount,bind,nosuid,nodev,<mode>` gives, and private. */
-function attributesFor(request: MountRequest): MountAttr {
+/** The mount's options: those util-linux's `remount,bind,nosuid,nodev,<mode>` gives, and private; idmapped with `userns` when given. */
+function attributesFor(request: MountRequest, userns?: number): MountAttr {
   const ro = request.mode === 'ro';
   return {
-    attrSet: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_RELATIME | (ro ? MOUNT_ATTR_RDONLY : 0),
+    attrSet: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_RELATIME | (ro ? MOUNT_ATTR_RDONLY : 0) | (userns === undefined ? 0 : MOUNT_ATTR_IDMAP),
     attrClr: MOUNT_ATTR__ATIME | MOUNT_ATTR_NODIRATIME | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSYMFOLLOW | (ro ? 0 : MOUNT_ATTR_RDONLY),
     propagation: MS_PRIVATE,
+    ...(userns === undefined ? {} : { usernsFd: userns }),
   };
+}
+
+/**
+ * The kernel says EINVAL to MOUNT_ATTR_IDMAP on a detached mount when the file system
+ * does not support idmapped mounts (ramfs, NFS, …): the error names the file system type,
+ * read from the mount that holds the volume directory.
+ */
+function idmapRefused(calls: KernelCalls, request: MountRequest, what: string, error: unknown): ContainerVolumesError {
+  let fsType = 'its file system';
+  try {
+    const { mountId } = calls.statx(AT_FDCWD, request.source, 0, STATX_MNT_ID);
+    const type = parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((m) => m.id === mountId)?.fsType;
+    if (type) fsType = `its file system, ${type},`;
+  } catch {
+    // The type only makes the message clearer.
+  }
+  return new ContainerVolumesError(
+    'ERR_IDMAP_UNSUPPORTED',
+    `${what} refused: the volume cannot be mounted idmapped, ${fsType} does not support idmapped mounts (mount_setattr: ${(error as Error).message})`,
+    { cause: error },
+  );
 }
 
 /**

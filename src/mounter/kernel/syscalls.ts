@@ -31,6 +31,8 @@ export interface MountAttr {
   attrSet: number;
   attrClr: number;
   propagation: number;
+  /** The user namespace descriptor MOUNT_ATTR_IDMAP takes its mapping from. */
+  usernsFd?: number;
 }
 
 /**
@@ -132,7 +134,7 @@ export function bindCalls(koffi: Koffi): KernelCalls {
       mountAttr.writeBigUInt64LE(BigInt(attr.attrSet), 0);
       mountAttr.writeBigUInt64LE(BigInt(attr.attrClr), 8);
       mountAttr.writeBigUInt64LE(BigInt(attr.propagation), 16);
-      mountAttr.writeBigUInt64LE(0n, 24);
+      mountAttr.writeBigUInt64LE(BigInt(attr.usernsFd ?? 0), 24);
       check(
         syscall(SYS_mount_setattr, 'int', dirfd, 'const char *', path, 'unsigned int', flags, 'void *', mountAttr, 'size_t', MOUNT_ATTR_SIZE_VER0),
         'mount_setattr',
