@@ -187,8 +187,9 @@ export class ContainerRuntime {
     containerId = await resolveContainer(this.#ctx, containerId);
     return this.#ctx.store.exclusive(async () => {
       const placed = placeMounts(await this.#ctx.store.readContainer(containerId), (id) => this.#ctx.store.volumeDir(id));
+      const entries = lxcMountEntries(placed, `container ${containerId}`);
       makeMountPoints(placed);
-      return lxcMountEntries(placed);
+      return entries;
     });
   }
 

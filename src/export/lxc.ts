@@ -1,3 +1,4 @@
+import { ContainerVolumesError } from '../errors.js';
 import type { MountRequest } from '../mounter/mounter.js';
 import { volumeMountOptions } from '../rules/mount-options.js';
 
@@ -24,9 +25,17 @@ function fstabEscape(value: string): string {
  * beforehand, safely (`makeMountPoints`). No `optional`: a missing volume directory or
  * mount point must stop the container, not start it without its data. LXC 5.0 applies
  * `nosuid,nodev` to a `rw` bind only when the store's own mount has them (see
- * docs/other-runtimes.md).
+ * docs/other-runtimes.md). A container with a user-namespace mapping is refused
+ * (ERR_IDMAP_UNSUPPORTED): `who` names it.
  */
-export function lxcMountEntries(placed: readonly MountRequest[]): string[] {
+export function lxcMountEntries(placed: readonly MountRequest[], who: string): string[] {
+  if (placed.some((mount) => mount.idmap)) {
+    // Plain entries would have LXC mount the volumes without the mapping: every owner wrong inside.
+    throw new ContainerVolumesError(
+      'ERR_IDMAP_UNSUPPORTED',
+      `${who} declares a user-namespace mapping (idmap), and lxcMountEntries writes no idmapped entries: mount it with BindMounter's kernel engine, or give it to runc with ociMounts`,
+    );
+  }
   return placed.map((mount) => {
     const source = fstabEscape(mount.source);
     const destination = fstabEscape(mount.path.slice(1));

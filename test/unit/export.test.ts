@@ -87,7 +87,7 @@ describe('lxcMountEntries', () => {
       ['/logs', 'v3', 'rw'],
       ['/data', 'v1', 'ro'],
     ]);
-    expect(lxcMountEntries(placeMounts(c, hostPathOf))).toEqual([
+    expect(lxcMountEntries(placeMounts(c, hostPathOf), 'c')).toEqual([
       'lxc.mount.entry = /var/lib/cv/volumes/v1 data none bind,ro,nosuid,nodev 0 0',
       'lxc.mount.entry = /var/lib/cv/volumes/v3 logs none bind,rw,nosuid,nodev 0 0',
       'lxc.mount.entry = /var/lib/cv/volumes/v2 data/nested none bind,ro,nosuid,nodev 0 0',
@@ -96,7 +96,7 @@ describe('lxcMountEntries', () => {
 
   test('space, tab, newline and backslash are octal-escaped in both paths, so each line stays one six-field fstab entry', () => {
     const awkward = '/my data/tab\there/new\nline/back\\slash/\\040literal';
-    const lines = lxcMountEntries(placeMounts(container([[awkward, 'v1', 'rw']]), (id) => `/srv/state dir/volumes/${id}`));
+    const lines = lxcMountEntries(placeMounts(container([[awkward, 'v1', 'rw']]), (id) => `/srv/state dir/volumes/${id}`), 'c');
     expect(lines).toEqual([
       'lxc.mount.entry = /srv/state\\040dir/volumes/v1 my\\040data/tab\\011here/new\\012line/back\\134slash/\\134040literal none bind,rw,nosuid,nodev 0 0',
     ]);
@@ -116,13 +116,13 @@ describe('lxcMountEntries', () => {
     const volumeDir = (volumeId: string) => path.join(root, 'volumes', volumeId);
     const db = await runtime.create({ rootfs: await rootfs('db'), volumes: ['/data', '/data/nested'] });
     const reader = await runtime.create({ rootfs: await rootfs('reader'), volumesFrom: [`${db.id}:ro`] });
-    expect(lxcMountEntries(placeMounts(reader, volumeDir)).map(parseLxcEntry)).toEqual(
+    expect(lxcMountEntries(placeMounts(reader, volumeDir), 'reader').map(parseLxcEntry)).toEqual(
       db.volumes.map((v) => [volumeDir(v.volumeId), v.path.slice(1), 'none', 'bind,ro,nosuid,nodev', '0', '0']),
     );
   });
 
   test('a container without volumes gives no lines', () => {
-    expect(lxcMountEntries(placeMounts(container([]), hostPathOf))).toEqual([]);
+    expect(lxcMountEntries(placeMounts(container([]), hostPathOf), 'c')).toEqual([]);
   });
 });
 
@@ -181,4 +181,15 @@ describe('runtime.lxcMountEntries makes the mount points, so LXC creates nothing
     await expectCode(runtime.lxcMountEntries(db.id), 'ERR_MOUNT_POINT_NOT_DIRECTORY');
     expect(await fs.readFile(path.join(image, 'data'), 'utf8')).toBe('not a directory');
   });
+});
+
+test('runtime.lxcMountEntries refuses a container with a user-namespace mapping, and makes no mount point for it', async () => {
+  const { runtime, rootfs } = await sandbox();
+  const image = await rootfs('db');
+  const idmap = { uidMappings: [{ containerID: 0, hostID: 100000, size: 65536 }], gidMappings: [{ containerID: 0, hostID: 100000, size: 65536 }] };
+  const db = await runtime.create({ rootfs: image, volumes: ['/data/x'], copyUp: false, idmap });
+  await fs.rm(path.join(image, 'data'), { recursive: true, force: true });
+  const error = await expectCode(runtime.lxcMountEntries(db.id), 'ERR_IDMAP_UNSUPPORTED');
+  expect(error.message).toContain(db.id);
+  expect(await fs.readdir(image)).toEqual([]);
 });
