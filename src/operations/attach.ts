@@ -2,7 +2,7 @@ import type { Context } from '../context.js';
 import { ContainerVolumesError } from '../errors.js';
 import { debugRuntime } from '../debug.js';
 import type { AttachRequest, Mounter } from '../mounter/mounter.js';
-import { currentMountNamespace, mountNamespaceOf, ownNamespaceRefused, processGone } from '../namespaces/mount-namespace.js';
+import { currentMountNamespace, mountNamespaceOf, ownNamespaceRefused, processGone, processInNamespace } from '../namespaces/mount-namespace.js';
 import { namespaceHolds } from '../namespaces/mounted-elsewhere.js';
 import { planMounts } from '../plan/mount-plan.js';
 import { currentBootId } from '../store/boot-id.js';
@@ -76,13 +76,17 @@ export async function detachContainer(ctx: Context, containerId: string, pid: nu
 }
 
 /**
- * The attachments of the container whose namespace still lives and holds one of its
- * volumes: those that keep it in use.
+ * The attachments of the container that keep it in use: the process given to `attach`
+ * still runs in that namespace (the container runs), or another process of a namespace
+ * with that id has one of its volumes mounted (a namespace whose id was handed to a new
+ * one after it died has none).
  */
 export async function liveAttachments(ctx: Context, config: ContainerConfig): Promise<KnownNamespace[]> {
   const live: KnownNamespace[] = [];
   const volumeIds = config.volumes.map((v) => v.volumeId);
-  for (const a of config.attachedIn ?? []) if (await namespaceHolds(ctx, a, a.bootId, volumeIds)) live.push(a);
+  for (const a of config.attachedIn ?? []) {
+    if (processInNamespace(a, a.bootId) === a.pid || (await namespaceHolds(ctx, a, a.bootId, volumeIds))) live.push(a);
+  }
   return live;
 }
 
