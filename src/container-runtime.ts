@@ -23,9 +23,15 @@ import {
   runHandler,
 } from './handlers/run-handler.js';
 import { toContainerInfo } from './store/container-config.js';
+import { attachContainer, detachContainer } from './operations/attach.js';
+import { checkPid } from './mounter/mount-target.js';
 import type {
+  AttachOptions,
+  AttachResult,
   ContainerInfo,
   CreateContainerSpec,
+  DetachOptions,
+  DetachResult,
   CreateVolumesOptions,
   RemoveContainerOptions,
   ShareOptions,
@@ -90,6 +96,43 @@ export class ContainerRuntime {
   /** Same as `volumes.unmount`. */
   unmount(containerId: string): Promise<ContainerInfo> {
     return this.volumes.unmount(containerId);
+  }
+
+  /**
+   * Adds volumes to a running container: brings the mount namespace of the running
+   * process `pid` (a container a runtime such as runc started from `ociMounts`) in line
+   * with the container's configuration. Every volume missing there is mounted at its
+   * container path, resolved inside that process's root (its symlinks followed, never
+   * out of it; never under its /proc or /sys), `nosuid,nodev`, read-only from its first
+   * instant when its mode is `ro`, parents first; volumes already there are left alone.
+   * All or nothing. While attached, the container cannot be removed and its volumes
+   * cannot be deleted. Needs a BindMounter on the kernel engine and util-linux's
+   * nsenter, mount and umount. See docs/running-containers.md.
+   */
+  async attach(containerId: string, options: AttachOptions): Promise<AttachResult> {
+    containerId = await resolveContainer(this.#ctx, containerId);
+    if (options === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'attach needs options with the pid of a process of the running container');
+    const { pid } = optionsObject<AttachOptions>(options, 'options', ['pid']);
+    checkPid(pid, 'options.pid');
+    const done = await this.#ctx.store.exclusive(() => attachContainer(this.#ctx, containerId, pid));
+    return { container: toContainerInfo(done.config), attached: done.attached, present: done.present };
+  }
+
+  /**
+   * Takes volumes out of a running container again: lazily unmounts, children first, the
+   * mount at each of the container's volume paths (or only `paths`) in the mount
+   * namespace of process `pid`, where that mount is the volume itself (anything else
+   * mounted there is left). Idempotent. Once all are out, the attachment is forgotten.
+   */
+  async detach(containerId: string, options: DetachOptions): Promise<DetachResult> {
+    containerId = await resolveContainer(this.#ctx, containerId);
+    if (options === undefined) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', 'detach needs options with the pid of a process of the running container');
+    const given = optionsObject<DetachOptions>(options, 'options', ['pid', 'paths']);
+    checkPid(given.pid, 'options.pid');
+    const { pid } = given;
+    const paths = given.paths === undefined ? undefined : normalizeVolumePaths(given.paths);
+    const done = await this.#ctx.store.exclusive(() => detachContainer(this.#ctx, containerId, pid, paths));
+    return { container: toContainerInfo(done.config), detached: done.detached };
   }
 
   /**

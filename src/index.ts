@@ -14,12 +14,16 @@ export type { BackupOptions, Progress, RestoreOptions } from './handlers/transfe
 export { BindMounter, type BindMounterOptions } from './mounter/bind.js';
 export type { MountEngine } from './mounter/engine-choice.js';
 export { FakeMounter, type FakeFailure, type FakeMounterCall, type FakeMounterOptions } from './mounter/fake.js';
-export type { Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';
+export type { AttachRequest, AttachTarget, Mounter, MountRequest, MountTarget, MountedVolume } from './mounter/mounter.js';
 export { ContainerVolumesError, MountCommandError, type ErrorCode } from './errors.js';
 export type {
+  AttachOptions,
+  AttachResult,
   ContainerInfo,
   CreateContainerSpec,
   CreateVolumesOptions,
+  DetachOptions,
+  DetachResult,
   DiskUsage,
   DiskUsageOptions,
   IdMap,

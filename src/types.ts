@@ -75,6 +75,16 @@ export interface ContainerInfo {
   };
   /** The user namespace its processes run in, when it was created with one: its volumes are mounted idmapped. */
   idmap?: IdMap;
+  /**
+   * The running processes whose mount namespaces `attach` mounted its volumes in (one
+   * per namespace, the process given to `attach`), until `detach` takes them all out or
+   * `recover()` finds the namespace gone. While one of them holds its volumes, the
+   * container cannot be removed (ERR_CONTAINER_ATTACHED).
+   */
+  attachedTo?: {
+    /** The process given to `attach`. */
+    pid: number;
+  }[];
 }
 
 /** One container's use of a volume. */
@@ -136,6 +146,38 @@ export interface RemoveContainerOptions {
   force?: boolean;
   /** Also delete the container's volumes that no other container references (`docker rm -v`). */
   volumes?: boolean;
+}
+
+/** Options of `attach`. */
+export interface AttachOptions {
+  /** A process of the running container (its init, as `runc state` gives it): its mount namespace gets the volumes. */
+  pid: number;
+}
+
+/** Options of `detach`. */
+export interface DetachOptions {
+  /** A process of the running container, as given to `attach`. */
+  pid: number;
+  /** The container paths of the volumes to take out; default all of the container's volumes. */
+  paths?: string[];
+}
+
+/** What `attach` did. */
+export interface AttachResult {
+  /** The container, as `get` reports it now. */
+  container: ContainerInfo;
+  /** The container paths mounted by this call, parents first. */
+  attached: string[];
+  /** The container paths where the volume was mounted already (by the runtime from `ociMounts`, or an earlier `attach`), left alone. */
+  present: string[];
+}
+
+/** What `detach` did. */
+export interface DetachResult {
+  /** The container, as `get` reports it now. */
+  container: ContainerInfo;
+  /** The container paths whose volume was unmounted by this call, children first. */
+  detached: string[];
 }
 
 /** Options of `volumes.prune`. */

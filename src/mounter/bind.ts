@@ -5,8 +5,11 @@ import { compareParentsFirst } from '../rules/volume-path.js';
 import { landingPath } from '../rootfs/open-in-rootfs.js';
 import { chooseEngine, type MountEngine } from './engine-choice.js';
 import type { KernelEngine } from './kernel/engine.js';
-import { checkListedDir, checkMountRequest, checkMountTarget, landRequests } from './mount-target.js';
-import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
+import { KernelAttacher } from './kernel/attach.js';
+import { kernelMountApi } from './kernel/probe.js';
+import { checkAttachTargets, checkListedDir, checkMountRequest, checkMountTarget, landRequests } from './mount-target.js';
+import type { AttachRequest, AttachTarget, MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
+import { namespaceHelper } from './namespace-helper.js';
 import { bindSources, readMountinfo } from './mountinfo.js';
 import { checkMountPrivilege } from './privilege.js';
 import { OWN_NAMESPACE, namespaceOfProcess, type Namespace } from './target-namespace.js';
@@ -137,6 +140,37 @@ export class BindMounter implements Mounter {
       });
     }
     return found.sort((a, b) => compareParentsFirst(a.path, b.path));
+  }
+
+  /**
+   * Mounts volumes in the mount namespace of the running process `pid` (see
+   * `Mounter.attachAll`). Needs the kernel engine (ERR_ATTACH_UNSUPPORTED otherwise) and
+   * util-linux's nsenter, mount and umount (ERR_ATTACH_HELPER_MISSING).
+   */
+  async attachAll(pid: number, requests: readonly AttachRequest[]): Promise<string[]> {
+    checkAttachTargets(pid, requests, true);
+    if (requests.length === 0) return [];
+    checkMountPrivilege(`attaching ${requests[0]?.path} in process ${pid}`);
+    return this.#attacher('attach').attachAll(pid, requests, namespaceHelper);
+  }
+
+  /** Detaches, in the order given, the mounts at the paths that are those volumes (see `Mounter.detachAll`). */
+  async detachAll(pid: number, targets: readonly AttachTarget[]): Promise<string[]> {
+    checkAttachTargets(pid, targets, false);
+    if (targets.length === 0) return [];
+    checkMountPrivilege(`detaching ${targets[0]?.path} in process ${pid}`);
+    return this.#attacher('detach').detachAll(pid, targets, namespaceHelper);
+  }
+
+  #attacher(doing: string): KernelAttacher {
+    const calls = this.#kernel ? kernelMountApi().calls : undefined;
+    if (calls === undefined || namespaceOf(this) !== OWN_NAMESPACE) {
+      throw new ContainerVolumesError(
+        'ERR_ATTACH_UNSUPPORTED',
+        `cannot ${doing} volumes in a running process with the ${this.engine} engine: it needs the kernel engine (new BindMounter({ engine: 'kernel' }): Linux 5.12 or later and koffi)`,
+      );
+    }
+    return new KernelAttacher(calls);
   }
 
   /** Detaches and removes the staging directories of processes that died mid-mount. */

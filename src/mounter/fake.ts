@@ -4,8 +4,9 @@ import { ContainerVolumesError, describe } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
 import { copyIdMap } from '../rules/idmap.js';
 import type { IdMap, Mode } from '../types.js';
-import type { MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
-import { checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
+import type { AttachRequest, AttachTarget, MountedVolume, Mounter, MountRequest, MountTarget } from './mounter.js';
+import { checkAttachTargets, checkListedDir, checkMountRequest, checkMountTarget } from './mount-target.js';
+import { isBelow } from '../rules/volume-path.js';
 
 /** One call a FakeMounter received, with its arguments as given: an entry of `calls`. */
 export type FakeMounterCall =
@@ -36,6 +37,26 @@ export type FakeMounterCall =
       op: 'list';
       /** The directory listed (normally a rootfs). */
       dir: string;
+    }
+  | {
+      /** One volume mounted by an `attachAll` call (a volume already there makes none). */
+      op: 'attach';
+      /** The process given. */
+      pid: number;
+      /** The volume's host directory. */
+      source: string;
+      /** The container path. */
+      path: string;
+      /** The requested mode. */
+      mode: Mode;
+    }
+  | {
+      /** One volume unmounted by a `detachAll` call (a path where the volume is not makes none). */
+      op: 'detach';
+      /** The process given. */
+      pid: number;
+      /** The container path. */
+      path: string;
     };
 
 /**
@@ -47,8 +68,8 @@ export interface FakeFailure {
   /** Which method fails. */
   op: FakeMounterCall['op'];
   /**
-   * Only calls for this container path, compared as requested, fail (mount, unmount: a
-   * rule with a path never matches list); default: any.
+   * Only calls for this container path, compared as requested, fail (mount, unmount,
+   * attach, detach: a rule with a path never matches list); default: any.
    */
   path?: string;
   /** What the call throws; default an ERR_MOUNT_FAILED / ERR_UNMOUNT_FAILED error. */
@@ -82,6 +103,8 @@ export class FakeMounter implements Mounter {
   readonly calls: FakeMounterCall[] = [];
   /** Host path of the mount point → stack of mounts there, the last one on top. */
   private readonly mounts = new Map<string, FakeMount[]>();
+  /** Per process given to `attachAll`: container path → stack of mounts, as in `mounts`. */
+  private readonly attached = new Map<number, Map<string, FakeMount[]>>();
   private readonly failures: FakeFailure[] = [];
   /** See `FakeMounterOptions.supportsIdmap`: a mapping it is given is recorded in `calls`. */
   readonly supportsIdmap: boolean;
@@ -99,8 +122,8 @@ export class FakeMounter implements Mounter {
    */
   failOn(failure: FakeFailure): void {
     const { op, path: at, error, times = 1 } = optionsObject<FakeFailure>(failure, 'failOn rule', ['op', 'path', 'error', 'times']);
-    if (op !== 'mount' && op !== 'unmount' && op !== 'list') {
-      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: op must be 'mount', 'unmount' or 'list', got ${describe(op)}`);
+    if (op === undefined || !['mount', 'unmount', 'list', 'attach', 'detach'].includes(op)) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: op must be 'mount', 'unmount', 'list', 'attach' or 'detach', got ${describe(op)}`);
     }
     if (at !== undefined && typeof at !== 'string') throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: path must be a string, got ${describe(at)}`);
     if (error !== undefined && !(error instanceof Error)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `failOn: error must be an Error, got ${describe(error)}`);
@@ -142,6 +165,59 @@ export class FakeMounter implements Mounter {
     return [...this.mounts.entries()]
       .filter(([at]) => at.startsWith(prefix))
       .flatMap(([at, stack]) => stack.map(({ mode, source }) => ({ path: at.slice(prefix.length - 1), mode, source })))
+      .sort((a, b) => compareParentsFirst(a.path, b.path));
+  }
+
+  /**
+   * Mounts volumes in a process's namespace, kept in memory per pid (any positive pid
+   * will do: the process is not looked at). As `BindMounter.attachAll`: a path whose
+   * topmost mount is another volume is ERR_MOUNT_POINT_IN_USE, one that is this volume is
+   * left alone, and an injected failure undoes what the call made.
+   */
+  async attachAll(pid: number, requests: readonly AttachRequest[]): Promise<string[]> {
+    checkAttachTargets(pid, requests, true);
+    const ns = this.attached.get(pid) ?? new Map<string, FakeMount[]>();
+    const top = (at: string) => ns.get(at)?.at(-1);
+    const taken = requests.find((r) => top(r.path) !== undefined && top(r.path)?.source !== r.source);
+    if (taken) throw new ContainerVolumesError('ERR_MOUNT_POINT_IN_USE', `cannot attach ${taken.source} at ${taken.path} in process ${pid}: another mount is there`);
+    const missing = requests.filter((r, i) => top(r.path) === undefined || requests.some((q, j) => j < i && top(q.path) === undefined && isBelow(r.path, q.path)));
+    const made: string[] = [];
+    try {
+      for (const { source, path: at, mode } of missing) {
+        this.calls.push({ op: 'attach', pid, source, path: at, mode });
+        this.maybeFail('attach', at, 'ERR_MOUNT_FAILED');
+        ns.set(at, [...(ns.get(at) ?? []), { source, mode }]);
+        this.attached.set(pid, ns);
+        made.push(at);
+      }
+    } catch (error) {
+      for (const at of made.reverse()) ns.get(at)?.pop();
+      throw error;
+    }
+    return missing.map((r) => r.path);
+  }
+
+  /** Unmounts, in the order given, the topmost mount at each path of the process's namespace that is that volume. */
+  async detachAll(pid: number, targets: readonly AttachTarget[]): Promise<string[]> {
+    checkAttachTargets(pid, targets, false);
+    const ns = this.attached.get(pid);
+    const detached: string[] = [];
+    for (const { source, path: at } of targets) {
+      const stack = ns?.get(at);
+      if (stack?.at(-1)?.source !== source) continue;
+      this.calls.push({ op: 'detach', pid, path: at });
+      this.maybeFail('detach', at, 'ERR_UNMOUNT_FAILED');
+      stack.pop();
+      if (stack.length === 0) ns?.delete(at);
+      detached.push(at);
+    }
+    return detached;
+  }
+
+  /** What `attachAll` mounted in the namespace of `pid`, as `list` reports a rootfs's mounts (container paths). */
+  attachedIn(pid: number): MountedVolume[] {
+    return [...(this.attached.get(pid)?.entries() ?? [])]
+      .flatMap(([at, stack]) => stack.map(({ mode, source }) => ({ path: at, mode, source })))
       .sort((a, b) => compareParentsFirst(a.path, b.path));
   }
 

@@ -3,7 +3,7 @@ import { landingPath } from '../rootfs/open-in-rootfs.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import { checkMode } from '../rules/volumes-from.js';
 import { checkIdMap } from '../rules/idmap.js';
-import type { MountRequest, MountTarget } from './mounter.js';
+import type { AttachRequest, AttachTarget, MountRequest, MountTarget } from './mounter.js';
 
 /**
  * Mounters are public and may be called directly, so they check their own input: an
@@ -37,6 +37,34 @@ export function checkMountRequest(request: MountRequest): void {
     throw new ContainerVolumesError('ERR_INVALID_MODE', `the mount at ${request.path} has no mode: must be 'ro' or 'rw'`);
   }
   if (request.idmap !== undefined) checkIdMap(request.idmap, `the idmap of the mount at ${request.path}`);
+}
+
+/** A process to attach in: a positive whole number (ERR_INVALID_ARGUMENT otherwise). */
+export function checkPid(pid: unknown, what: string): asserts pid is number {
+  if (!Number.isSafeInteger(pid) || (pid as number) <= 0) {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${what} must be a process id, a whole number above 0, got ${describe(pid)}${typeof pid === 'number' ? ` ${pid}` : ''}`);
+  }
+}
+
+/** The arguments of `attachAll` / `detachAll`, checked as a mount's are (a rootfs aside: the process's root is it). */
+export function checkAttachTargets(pid: unknown, targets: unknown, withMode: boolean): void {
+  const method = withMode ? 'attachAll' : 'detachAll';
+  checkPid(pid, `${method}: pid`);
+  if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${method} takes an array of ${withMode ? 'requests' : 'targets'}, got ${describe(targets)}`);
+  for (const target of targets as (AttachTarget | AttachRequest)[]) {
+    if (typeof target !== 'object' || target === null) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${method}: each entry must be an object, got ${describe(target)}`);
+    }
+    if (normalizeVolumePath(target.path) !== target.path) {
+      throw new ContainerVolumesError('ERR_INVALID_VOLUME_PATH', `invalid volume path ${JSON.stringify(target.path)}: not in clean form`);
+    }
+    if (typeof target.source !== 'string' || !target.source.startsWith('/') || target.source.includes('\0')) {
+      throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `invalid volume source ${describe(target.source)} at ${target.path}: must be an absolute path`);
+    }
+    if (withMode && checkMode((target as AttachRequest).mode, `the volume at ${target.path}`) === undefined) {
+      throw new ContainerVolumesError('ERR_INVALID_MODE', `the volume at ${target.path} has no mode: must be 'ro' or 'rw'`);
+    }
+  }
 }
 
 /**

@@ -27,6 +27,20 @@ export interface MountTarget {
   path: string;
 }
 
+/** A volume in the mount namespace of a running process: its directory and its path inside that process's root. */
+export interface AttachTarget {
+  /** Host directory of the volume (`<root>/volumes/<id>`): a mount there is this volume when it shows this directory. */
+  source: string;
+  /** Absolute, clean container path, resolved inside the process's root as a process there sees it. */
+  path: string;
+}
+
+/** One volume to attach in the mount namespace of a running process. */
+export interface AttachRequest extends AttachTarget {
+  /** `'ro'` attaches it read-only from its first instant, `'rw'` read-write. */
+  mode: Mode;
+}
+
 /** One mount found under a directory. */
 export interface MountedVolume {
   /** Absolute path relative to the directory that was listed (a container path when that is a rootfs). */
@@ -122,4 +136,23 @@ export interface Mounter {
    * calls it before it looks at the rootfs of any container.
    */
   recover?(): Promise<void>;
+
+  /**
+   * Optional: mounts volumes in the mount namespace of the running process `pid` (a
+   * container that another runtime started), parents first, each at its path inside
+   * that process's root, symlinks there followed but never out of it, `nosuid,nodev`
+   * and read-only from its first instant when asked. A path where the topmost mount is
+   * already that volume is left alone; a path where another mount is refuses the whole
+   * call (ERR_MOUNT_POINT_IN_USE) before anything is made. All or nothing. Resolves to
+   * the paths it mounted. `ContainerRuntime.attach` needs it (and `detachAll`).
+   */
+  attachAll?(pid: number, requests: readonly AttachRequest[]): Promise<string[]>;
+
+  /**
+   * Optional: lazily detaches, in the order given (children first), the topmost mount at
+   * each path in the mount namespace of process `pid`, only where that mount is the
+   * volume named (a mount of anything else is left). Idempotent. Resolves to the paths
+   * it detached.
+   */
+  detachAll?(pid: number, targets: readonly AttachTarget[]): Promise<string[]>;
 }

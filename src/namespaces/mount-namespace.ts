@@ -1,4 +1,5 @@
 import { readdirSync, readlinkSync } from 'node:fs';
+import { ContainerVolumesError } from '../errors.js';
 import { processStat } from './process-alive.js';
 import { currentBootId } from '../store/boot-id.js';
 
@@ -42,6 +43,37 @@ export function processInNamespace(ns: MountNamespace, bootId: string): number |
   if (ns.namespace === currentMountNamespace().namespace) return process.pid;
   if (processStat(ns.pid)?.startTime === ns.startTime && namespaceOf(ns.pid) === ns.namespace) return ns.pid;
   return processesIn(ns.namespace)[0];
+}
+
+/**
+ * The mount namespace of the live process `pid` now, with its start time; undefined
+ * when there is no such process (or only its zombie, whose namespace is gone). The
+ * start time is read on both sides of the namespace, so a pid reused in between is not
+ * taken for the process first seen.
+ */
+export function mountNamespaceOf(pid: number): MountNamespace | undefined {
+  const before = processStat(pid);
+  if (before === undefined || before.state === 'Z') return undefined;
+  const namespace = namespaceOf(pid);
+  if (namespace === undefined || processStat(pid)?.startTime !== before.startTime) return undefined;
+  return { namespace, pid, startTime: before.startTime };
+}
+
+/** The refusal of a process that is not there (any more). */
+export function processGone(pid: number, cause?: unknown): ContainerVolumesError {
+  return new ContainerVolumesError('ERR_PROCESS_NOT_FOUND', `no running process ${pid}: it has exited, or never was`, { cause });
+}
+
+/**
+ * The refusal to attach into this process's own mount namespace: there a volume is
+ * mounted into the container's rootfs with `mount`, whose record `unmount`, `recover()`
+ * and the rootfs checks all know.
+ */
+export function ownNamespaceRefused(pid: number): ContainerVolumesError {
+  return new ContainerVolumesError(
+    'ERR_ATTACH_OWN_NAMESPACE',
+    `process ${pid} is in this process's own mount namespace (${currentMountNamespace().namespace}): mount the container with mount() instead of attaching`,
+  );
 }
 
 /** The pids of the processes in a mount namespace now. */

@@ -31,10 +31,19 @@ export async function whereMounted(ctx: Context, config: ContainerConfig): Promi
   if (config.mountedInBoot !== undefined && config.mountedInBoot !== currentBootId()) return 'nowhere';
   const ns = config.mountedIn;
   if (ns === undefined || ns.namespace === currentMountNamespace().namespace) return 'here';
-  const there = await mountsOf(ns, currentBootId());
-  if (there === undefined) return 'nowhere';
-  const volumes = await locateVolumes(ctx, config.volumes.map((v) => v.volumeId));
-  return there.some((m) => volumes.some((v) => holds(v, m))) ? ns : 'nowhere';
+  return (await namespaceHolds(ctx, ns, currentBootId(), config.volumes.map((v) => v.volumeId))) ? ns : 'nowhere';
+}
+
+/**
+ * Whether the namespace, recorded in boot `bootId`, lives and has at least one of the
+ * volumes (or a directory inside one) mounted: a namespace whose id was given to a new
+ * one after it died holds none of them.
+ */
+export async function namespaceHolds(ctx: Context, ns: MountNamespace, bootId: string, volumeIds: readonly string[]): Promise<boolean> {
+  const there = await mountsOf(ns, bootId);
+  if (there === undefined) return false;
+  const volumes = await locateVolumes(ctx, volumeIds);
+  return there.some((m) => volumes.some((v) => holds(v, m)));
 }
 
 /** The refusal of a change that would have to be made in another mount namespace. */

@@ -19,6 +19,7 @@ import { recordNamespace } from '../store/namespace-registry.js';
 import { checkHandlerEnded, handlerRunning } from '../handlers/handler-state.js';
 import type { IdMap, VolumeMount } from '../types.js';
 import type { MountedVolume } from '../mounter/mounter.js';
+import { checkNotAttached } from './attach.js';
 
 /* The operations on containers. Each runs inside the store's lock, taken by its caller. */
 
@@ -175,6 +176,8 @@ export async function removeContainer(ctx: Context, containerId: string, force: 
   }
   const where = await whereMounted(ctx, config);
   if (typeof where === 'object') throw mountedElsewhere(config, where, 'remove');
+  // Even with force: the process is not ours to stop, and detaching it is one call.
+  await checkNotAttached(ctx, config);
   let orphans: string[] = [];
   if (withVolumes) {
     // Decide and check everything before changing anything, so a refusal loses nothing.

@@ -10,6 +10,7 @@ import type { ContainerConfig } from '../store/container-config.js';
 import { forgetIdleNamespaces, whereMounted } from '../namespaces/mounted-elsewhere.js';
 import { namespaceAlive, runnerAlive } from '../handlers/handler-state.js';
 import { stopNamespace } from '../handlers/namespace.js';
+import { withoutGoneAttachments } from './attach.js';
 
 /** What `recover()` found and did. Empty lists mean the host already matched the configurations. */
 export interface RecoveryReport {
@@ -20,6 +21,11 @@ export interface RecoveryReport {
    * mounted in has exited: their mounts went with it.
    */
   namespaceGone: string[];
+  /**
+   * Containers attached (`attach`) to a process whose mount namespace has since ended,
+   * or holds none of their volumes any more: those attachments are forgotten.
+   */
+  attachmentsGone: string[];
   /**
    * Transient handler containers whose process is gone, removed (after killing what was
    * left of a command handler's processes: its volumes are not deleted under them).
@@ -67,7 +73,7 @@ export interface RecoveryReport {
  * half-created volume, none is deleted in that run.
  */
 export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
-  const report: RecoveryReport = { rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
+  const report: RecoveryReport = { rebooted: [], namespaceGone: [], attachmentsGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [] };
   const read = await ctx.store.readAllOrCorrupt();
   const corrupt = read.corrupt;
   let configs = read.configs;
@@ -80,7 +86,13 @@ export async function recoverStore(ctx: Context): Promise<RecoveryReport> {
   const boot = currentBootId();
   const kept: ContainerConfig[] = [];
   const elsewhere = new Set<string>();
-  for (const config of configs) {
+  for (let config of configs) {
+    const attachedOnly = await withoutGoneAttachments(ctx, config);
+    if (attachedOnly !== undefined) {
+      await ctx.store.writeContainer(attachedOnly, config);
+      report.attachmentsGone.push(config.id);
+      config = attachedOnly;
+    }
     if (config.handler && !runnerAlive(config.handler)) {
       // Its processes die with their runner, but not at the same instant: until they are
       // gone, they may use the volumes, which the container protects.

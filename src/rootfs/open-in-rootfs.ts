@@ -83,6 +83,17 @@ export function landingPath(rootfs: string, containerPath: string): string {
 }
 
 /**
+ * Where `containerPath` lands in the root directory of another process (`fsRoot`,
+ * `/proc/<pid>/root` or a descriptor of it), as a process there sees it: its mounts
+ * crossed, its symlinks followed but clamped to that root, `..` never above it.
+ */
+export function landingPathIn(fsRoot: string, containerPath: string): string {
+  const walked = walkInRootfs('/', containerPath, { fsRoot });
+  fs.closeSync(walked.fd);
+  return path.posix.resolve('/', ...walked.names, ...walked.missing);
+}
+
+/**
  * Whether nothing on the way is a symlink, the common case, for a `realpath` or a few
  * instead of a walk: the part of the path that exists resolves to itself (what does
  * not exist yet cannot be a link). A link swapped in just after is refused by the
@@ -268,7 +279,8 @@ function openRootfs(rootfs: string, fsRoot: string): number {
   const invalid = (why: string, cause?: unknown) =>
     new ContainerVolumesError('ERR_INVALID_ROOTFS', `rootfs ${rootfs} cannot be used: ${why}`, { cause });
   const names = components(rootfs);
-  if (!rootfs.startsWith('/') || names.length === 0) throw invalid('it must be an absolute path other than /');
+  // `/` is the host's own root, never a rootfs; below another process's root it is that root.
+  if (!rootfs.startsWith('/') || (names.length === 0 && fsRoot === '/')) throw invalid('it must be an absolute path other than /');
   // The one link followed: `/proc/<pid>/root` is the way into another mount namespace.
   let fd = fs.openSync(fsRoot, O_PATH_DIRECTORY);
   try {
@@ -301,7 +313,7 @@ export function hostPathOf(fd: number): string {
 /** Belt and braces: the kernel must agree that the directory is the rootfs or inside it. */
 function pin(fd: number, rootHostPath: string, rootfs: string, containerPath: string): PinnedDirectory {
   const hostPath = hostPathOf(fd);
-  if (hostPath !== rootHostPath && !hostPath.startsWith(`${rootHostPath}/`)) {
+  if (hostPath !== rootHostPath && rootHostPath !== '/' && !hostPath.startsWith(`${rootHostPath}/`)) {
     fs.closeSync(fd);
     throw new ContainerVolumesError(
       'ERR_PATH_ESCAPES_ROOTFS',

@@ -7,6 +7,7 @@ import { isNamespaceId, type MountNamespace } from '../namespaces/mount-namespac
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import { checkIdMap, copyIdMap } from '../rules/idmap.js';
 import type { ContainerInfo, IdMap, VolumeMount } from '../types.js';
+import type { KnownNamespace } from './namespace-registry.js';
 
 /** What `containers/<id>.json` holds: the single source of truth for a container's volumes. */
 export interface ContainerConfig extends ContainerInfo {
@@ -22,6 +23,12 @@ export interface ContainerConfig extends ContainerInfo {
    * the handler may still use the volumes.
    */
   handler?: { pid: number; bootId: string; namespace?: { pid: number; startTime: number } };
+  /**
+   * The mount namespaces of running processes that `attach` mounted volumes in (one
+   * entry per namespace), recorded before the first mount there: while one lives and
+   * holds a volume of the container, the container is in use there.
+   */
+  attachedIn?: KnownNamespace[];
 }
 
 export function serializeConfig(config: ContainerConfig): string {
@@ -43,7 +50,7 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     throw corrupt(`not JSON (${(error as Error).message})`);
   }
   if (!isObject(raw)) throw corrupt('not an object');
-  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, mountedIn, handler, idmap } = raw;
+  const { version, id, rootfs, createdAt, mounted, volumes, mountedInBoot, mountedIn, handler, idmap, attachedIn } = raw;
   if (version !== 1) throw corrupt(`unknown version ${JSON.stringify(version)}`);
   if (id !== expectedId) throw corrupt(`its id ${JSON.stringify(id)} does not match its file name`);
   if (typeof rootfs !== 'string' || !rootfs.startsWith('/') || rootfs.includes('\0')) throw corrupt('bad rootfs');
@@ -65,6 +72,10 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
   } catch (error) {
     throw corrupt((error as Error).message);
   }
+  if (attachedIn !== undefined && !(Array.isArray(attachedIn) && attachedIn.every(isAttachment))) throw corrupt('bad attachedIn');
+  if (attachedIn !== undefined && new Set(attachedIn.map((a: KnownNamespace) => a.namespace)).size !== attachedIn.length) {
+    throw corrupt('attachedIn names a namespace twice');
+  }
   return {
     version: 1,
     id,
@@ -76,7 +87,14 @@ export function parseConfig(text: string, expectedId: string, file: string, stor
     ...(mountedIn === undefined ? {} : { mountedIn: { namespace: mountedIn.namespace, pid: mountedIn.pid, startTime: mountedIn.startTime } }),
     ...(handler === undefined ? {} : { handler: parsedHandler(handler) }),
     ...(parsedIdmap === undefined ? {} : { idmap: parsedIdmap }),
+    ...(attachedIn === undefined
+      ? {}
+      : { attachedIn: (attachedIn as KnownNamespace[]).map(({ namespace, pid, startTime, bootId }) => ({ namespace, pid, startTime, bootId })) }),
   };
+}
+
+function isAttachment(value: unknown): value is KnownNamespace {
+  return isMountNamespace(value) && isBootId((value as unknown as Record<string, unknown>).bootId);
 }
 
 
@@ -130,5 +148,6 @@ export function toContainerInfo(config: ContainerConfig): ContainerInfo {
     createdAt: config.createdAt,
     ...(config.handler ? { handler: { pid: config.handler.pid } } : {}),
     ...(config.idmap ? { idmap: copyIdMap(config.idmap) } : {}),
+    ...(config.attachedIn?.length ? { attachedTo: config.attachedIn.map((a) => ({ pid: a.pid })) } : {}),
   };
 }

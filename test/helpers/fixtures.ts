@@ -97,6 +97,7 @@ export function withoutNamespaceRegistry(tree: Record<string, string>): Record<s
 export const NOTHING_RECOVERED: RecoveryReport = Object.freeze({
   rebooted: [],
   namespaceGone: [],
+  attachmentsGone: [],
   removedHandlers: [],
   unmounted: [],
   remounted: [],

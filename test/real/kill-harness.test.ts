@@ -159,6 +159,7 @@ describe('kill harness (SPEC §5)', () => {
     const didSomething: Record<keyof RecoveryReport, { recoveries: number; items: number }> = {
       rebooted: { recoveries: 0, items: 0 },
       namespaceGone: { recoveries: 0, items: 0 },
+      attachmentsGone: { recoveries: 0, items: 0 },
       removedHandlers: { recoveries: 0, items: 0 },
       unmounted: { recoveries: 0, items: 0 },
       remounted: { recoveries: 0, items: 0 },

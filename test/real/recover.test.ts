@@ -475,6 +475,7 @@ describe('recover() as a whole', () => {
       failed: [],
       rebooted: [old.id],
       namespaceGone: [],
+      attachmentsGone: [],
       removedHandlers: [handler.id],
       unmounted: [stray.id, old.id].map((id) => ({ containerId: id, path: '/data' })).sort(byPath),
       remounted: [{ containerId: lost.id, path: '/data' }],

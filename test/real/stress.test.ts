@@ -182,7 +182,7 @@ describe('8 processes × 200 random operations on one store, with real bind moun
     // Nothing else is there to repair: a repair here would hide what the checks below look for.
     const recovered = await runtime.recover();
     expect({ ...recovered, namespaceGone: [], removedFiles: recovered.removedFiles.filter((f) => !f.startsWith('namespaces/')) }).toEqual({
-      rebooted: [], namespaceGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [],
+      rebooted: [], namespaceGone: [], attachmentsGone: [], removedHandlers: [], unmounted: [], remounted: [], removedVolumes: [], removedFiles: [], failed: [],
     });
     if (!namespaces) expect(recovered.namespaceGone).toEqual([]);
 

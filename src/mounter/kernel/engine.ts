@@ -41,21 +41,21 @@ import {
 import type { KernelCalls, MountAttr, StatxResult } from './syscalls.js';
 import { openUserNamespace } from './user-namespace.js';
 
-const OPEN_DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC;
+export const OPEN_DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC;
 /**
  * The paths given are where the volumes land, their symlinks followed already
  * (BindMounter lands them first): the kernel resolves them with the rootfs as `/` and
  * follows no link, so one met now was swapped in since and fails (ELOOP) rather than
  * leading elsewhere.
  */
-const IN_ROOTFS = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+export const IN_ROOTFS = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
 /** Inside a detached volume, where nothing was landed beforehand: links followed, clamped to the volume. */
 const IN_VOLUME = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
 /** openat2 says EAGAIN when a rename raced a lookup with `..`: it is tried again, this many times. */
-const RESOLVE_ATTEMPTS = 16;
+export const RESOLVE_ATTEMPTS = 16;
 
 /** A directory's identity: the mount it is seen through, and its device and inode. */
-type Identity = string;
+export type Identity = string;
 
 /** A mount this call attached: its detached tree's descriptor names it wherever it is now. */
 interface Attached {
@@ -196,16 +196,10 @@ export class KernelEngine {
       const seen = calls.statx(there, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO);
       if (seen.mountId !== mountId || (seen.attributes & STATX_ATTR_MOUNT_ROOT) === 0) throw changed(request, what);
       const identity = identityOf(seen);
-      const flags = calls.mountFlags(there);
-      const wanted: [number, string][] = [[ST_NOSUID, 'nosuid'], [ST_NODEV, 'nodev']];
-      const missing = wanted.filter(([flag]) => (flags & flag) === 0).map(([, name]) => name);
-      if (((flags & ST_RDONLY) !== 0) !== (request.mode === 'ro')) missing.push(request.mode);
+      checkFlags(calls.mountFlags(there), request.mode, what);
       // No flag tells an idmapped mount: mountinfo does.
       if (request.idmap && !parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) {
-        missing.push('idmapped');
-      }
-      if (missing.length > 0) {
-        throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show ${missing.join(',')} in effect (fstatvfs flags ${flags.toString(16)})`);
+        throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show idmapped in effect`);
       }
       return identity;
     } finally {
@@ -233,8 +227,18 @@ export class KernelEngine {
   }
 }
 
+/** ERR_MOUNT_FAILED unless the fstatvfs flags of a new mount show nosuid, nodev and its mode. */
+export function checkFlags(flags: number, mode: MountRequest['mode'], what: string): void {
+  const wanted: [number, string][] = [[ST_NOSUID, 'nosuid'], [ST_NODEV, 'nodev']];
+  const missing = wanted.filter(([flag]) => (flags & flag) === 0).map(([, name]) => name);
+  if (((flags & ST_RDONLY) !== 0) !== (mode === 'ro')) missing.push(mode);
+  if (missing.length > 0) {
+    throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show ${missing.join(',')} in effect (fstatvfs flags ${flags.toString(16)})`);
+  }
+}
+
 /** The mount's options: those util-linux's `remount,bind,nosuid,nodev,<mode>` gives, and private; idmapped with `userns` when given. */
-function attributesFor(request: MountRequest, userns?: number): MountAttr {
+export function attributesFor(request: Pick<MountRequest, 'mode'>, userns?: number): MountAttr {
   const ro = request.mode === 'ro';
   return {
     attrSet: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_RELATIME | (ro ? MOUNT_ATTR_RDONLY : 0) | (userns === undefined ? 0 : MOUNT_ATTR_IDMAP),
@@ -307,7 +311,7 @@ function parentOf(requests: readonly MountRequest[], i: number): number | undefi
  * Best effort: whatever stops it (a file in the way, a dangling link) is met again, and
  * reported, when the mount point is resolved from the rootfs.
  */
-function makeDirectories(calls: KernelCalls, root: number, relative: string): void {
+export function makeDirectories(calls: KernelCalls, root: number, relative: string): void {
   const names = relative.split('/');
   for (let i = 0; i < names.length; i++) {
     let parent: number;
@@ -401,11 +405,11 @@ class Session {
   }
 }
 
-function identityOf({ mountId, dev, ino }: StatxResult): Identity {
+export function identityOf({ mountId, dev, ino }: StatxResult): Identity {
   return `${mountId} ${dev} ${ino}`;
 }
 
-function resolveFailed(error: unknown, target: MountTarget, what: string): unknown {
+export function resolveFailed(error: unknown, target: MountTarget, what: string): unknown {
   if (isErrnoException(error, 'ENOTDIR')) {
     return new ContainerVolumesError('ERR_MOUNT_POINT_NOT_DIRECTORY', `${what}: cannot use ${target.path} in rootfs ${target.rootfs}: something on it is not a directory`, {
       cause: error,
@@ -419,7 +423,7 @@ function resolveFailed(error: unknown, target: MountTarget, what: string): unkno
   return new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: ${(error as Error).message}`, { cause: error });
 }
 
-function changed(target: MountTarget, what: string): ContainerVolumesError {
+export function changed(target: MountTarget, what: string): ContainerVolumesError {
   return new ContainerVolumesError('ERR_PATH_ESCAPES_ROOTFS', `${what} refused: ${target.path} changed while it was being mounted`);
 }
 

@@ -1,0 +1,274 @@
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { execa } from 'execa';
+import { BindMounter, ContainerRuntime, FakeMounter, type OciMount } from '../../src/index.js';
+import { busyboxRootfs } from '../helpers/busybox-rootfs.js';
+import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
+import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { assertPrivateMountNamespace } from './guard.js';
+
+// Containers run by runc from `ociMounts`, detached (`runc run -d`, a `sleep` as their
+// process); the library then attaches and detaches volumes in their mount namespaces.
+
+let base: string;
+let runcState: string;
+
+beforeAll(async () => {
+  assertPrivateMountNamespace();
+  try {
+    await execa('runc', ['--version']);
+  } catch (error) {
+    throw new Error('runc is needed for this suite: apt-get install runc (.ci/run installs it)', { cause: error });
+  }
+  base = await tempDir('attach-');
+  runcState = path.join(base, 'runc-state');
+});
+
+afterAll(async () => {
+  if (base) {
+    const { stdout } = await execa('runc', ['--root', runcState, 'list', '--quiet'], { reject: false });
+    for (const id of stdout.split('\n').filter(Boolean)) await execa('runc', ['--root', runcState, 'delete', '--force', id], { reject: false });
+    unmountAllUnder(base);
+  }
+  await cleanupTemp();
+});
+
+async function world(mounter = new BindMounter({ engine: 'kernel' })) {
+  const dir = await fs.mkdtemp(path.join(base, 'w-'));
+  const root = path.join(dir, 'state');
+  const runtime = new ContainerRuntime({ root, mounter });
+  return {
+    runtime,
+    root,
+    volumeDir: (volumeId: string) => path.join(root, 'volumes', volumeId),
+    rootfs: (name: string) => busyboxRootfs(path.join(dir, 'rootfs', name)),
+  };
+}
+
+interface Running {
+  id: string;
+  pid: number;
+  /** `sh -c script` run inside the container with `runc exec`. */
+  exec(script: string): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }>;
+  /** The container's own /proc/self/mountinfo: mount point → options. */
+  mounts(): Promise<Map<string, string[]>>;
+}
+
+/** `runc run -d` of `sleep` in `rootfs` with `mounts` added to runc's default config. */
+async function runcStart(rootfs: string, mounts: OciMount[]): Promise<Running> {
+  const bundle = await fs.mkdtemp(path.join(base, 'bundle-'));
+  await execa('runc', ['spec', '--bundle', bundle]);
+  const configFile = path.join(bundle, 'config.json');
+  const config = JSON.parse(await fs.readFile(configFile, 'utf8')) as { process: { terminal: boolean; args: string[] }; root: unknown; mounts: unknown[] };
+  config.process.terminal = false;
+  config.process.args = ['sleep', '3600'];
+  config.root = { path: rootfs, readonly: false };
+  config.mounts.push(...mounts);
+  await fs.writeFile(configFile, JSON.stringify(config, null, 2));
+  const id = `cv-${randomUUID()}`;
+  await execa('runc', ['--root', runcState, 'run', '-d', '--bundle', bundle, id], { stdio: 'ignore', timeout: 30_000 });
+  const state = JSON.parse((await execa('runc', ['--root', runcState, 'state', id])).stdout) as { pid: number };
+  const exec = (script: string) =>
+    execa('runc', ['--root', runcState, 'exec', id, 'sh', '-c', script], { reject: false, stdin: 'ignore', timeout: 30_000 }).then((r) => ({
+      exitCode: r.exitCode,
+      stdout: String(r.stdout),
+      stderr: String(r.stderr),
+    }));
+  return {
+    id,
+    pid: state.pid,
+    exec,
+    async mounts() {
+      const out = new Map<string, string[]>();
+      for (const line of (await exec('cat /proc/self/mountinfo')).stdout.split('\n')) {
+        const fields = line.split(' ');
+        if (fields[4] !== undefined) out.set(fields[4], (fields[5] as string).split(','));
+      }
+      return out;
+    },
+  };
+}
+
+async function stop(c: Running) {
+  await execa('runc', ['--root', runcState, 'delete', '--force', c.id], { reject: false });
+}
+
+/** Mount points of this test's own namespace under the test's directory: attaching must never add one. */
+const ownMounts = () => mountsUnder(base).map((m) => m.mountPoint);
+
+describe('attach: volumes added to a container runc runs, without restarting it', () => {
+  test('a new volume and another container’s volumes :ro attached, used, detached; nothing of it in our namespace', async () => {
+    const { runtime, volumeDir, rootfs } = await world();
+    const db = await runtime.create({ rootfs: await rootfs('db'), volumes: ['/data', '/data/nested'] });
+    await fs.writeFile(path.join(volumeDir(db.volumes[0]!.volumeId), 'from-db'), 'db\n');
+    const app = await runtime.create({ rootfs: await rootfs('app'), volumes: ['/logs'] });
+    const c = await runcStart(app.rootfs, await runtime.ociMounts(app.id));
+    try {
+      const before = ownMounts();
+      // runc made /logs; attaching finds nothing missing and leaves it alone.
+      expect(await runtime.attach(app.id, { pid: c.pid })).toMatchObject({ attached: [], present: ['/logs'], container: { attachedTo: [{ pid: c.pid }] } });
+
+      // A volume created while it runs, attached.
+      const [cache] = await runtime.createVolumes(app.id, ['/var/cache/app']);
+      const added = await runtime.attach(app.id, { pid: c.pid });
+      expect(added).toMatchObject({ attached: ['/var/cache/app'], present: ['/logs'] });
+      const wrote = await c.exec('echo hello > /var/cache/app/f && cat /var/cache/app/f');
+      expect([wrote.exitCode, wrote.stdout]).toEqual([0, 'hello']);
+      expect(readFileSync(path.join(volumeDir(cache!.volumeId), 'f'), 'utf8')).toBe('hello\n');
+      expect((await c.mounts()).get('/var/cache/app')).toEqual(expect.arrayContaining(['rw', 'nosuid', 'nodev']));
+
+      // Another container's volumes, shared read-only, attached read-only.
+      await runtime.shareVolumesFrom(app.id, db.id, { mode: 'ro' });
+      expect((await runtime.attach(app.id, { pid: c.pid })).attached).toEqual(['/data', '/data/nested']);
+      const read = await c.exec('cat /data/from-db');
+      expect([read.exitCode, read.stdout]).toEqual([0, 'db']);
+      for (const dir of ['/data', '/data/nested']) {
+        const refused = await c.exec(`echo x > ${dir}/w`);
+        expect(refused.exitCode).not.toBe(0);
+        expect(refused.stderr).toMatch(/Read-only file system/);
+        expect((await c.mounts()).get(dir)).toEqual(expect.arrayContaining(['ro', 'nosuid', 'nodev']));
+      }
+      expect(ownMounts()).toEqual(before);
+
+      // While attached: the container cannot be removed, its volumes cannot be deleted.
+      await expect(runtime.remove(app.id, { force: true })).rejects.toMatchObject({ code: 'ERR_CONTAINER_ATTACHED' });
+      await runtime.remove(db.id); // its volumes stay: app still names them
+      await expect(runtime.volumes.remove(db.volumes[0]!.volumeId)).rejects.toMatchObject({ code: 'ERR_VOLUME_IN_USE' });
+
+      // Detached: gone from the container, data still in the volumes.
+      expect((await runtime.detach(app.id, { pid: c.pid, paths: ['/data', '/data/nested'] })).detached).toEqual(['/data/nested', '/data']);
+      expect(await runtime.detach(app.id, { pid: c.pid, paths: ['/data'] })).toMatchObject({ detached: [] });
+      let seen = await c.mounts();
+      expect([seen.has('/data'), seen.has('/data/nested'), seen.has('/var/cache/app')]).toEqual([false, false, true]);
+      const all = await runtime.detach(app.id, { pid: c.pid });
+      expect(all.detached.sort()).toEqual(['/logs', '/var/cache/app']);
+      expect(all.container.attachedTo).toBeUndefined();
+      seen = await c.mounts();
+      expect([seen.has('/logs'), seen.has('/var/cache/app')]).toEqual([false, false]);
+      expect(readFileSync(path.join(volumeDir(cache!.volumeId), 'f'), 'utf8')).toBe('hello\n');
+      expect(readFileSync(path.join(volumeDir(db.volumes[0]!.volumeId), 'from-db'), 'utf8')).toBe('db\n');
+      expect(ownMounts()).toEqual(before);
+      // Detached, it can be removed with its volumes.
+      await runtime.remove(app.id, { volumes: true });
+      expect(await runtime.volumes.list()).toEqual([]);
+    } finally {
+      await stop(c);
+    }
+  }, 120_000);
+
+  test('a symlink in the container pointing out (absolute, ..) is followed inside its root only', async () => {
+    const { runtime, volumeDir, rootfs } = await world();
+    const fsRoot = await rootfs('links');
+    const app = await runtime.create({ rootfs: fsRoot });
+    const c = await runcStart(fsRoot, []);
+    try {
+      // Made while it runs, as an image would have them: out of the root, were they followed on the host.
+      await fs.symlink('/tmp', path.join(fsRoot, 'abs'));
+      await fs.symlink('../../../../../../../../etc', path.join(fsRoot, 'up'));
+      const [a, b] = await runtime.createVolumes(app.id, ['/abs/a', '/up/b'], { copyUp: false });
+      expect((await runtime.attach(app.id, { pid: c.pid })).attached).toEqual(['/abs/a', '/up/b']);
+      await c.exec('echo A > /tmp/a/f; echo B > /etc/b/f');
+      expect(readFileSync(path.join(volumeDir(a!.volumeId), 'f'), 'utf8')).toBe('A\n');
+      expect(readFileSync(path.join(volumeDir(b!.volumeId), 'f'), 'utf8')).toBe('B\n');
+      const seen = await c.mounts();
+      expect([seen.has('/tmp/a'), seen.has('/etc/b')]).toEqual([true, true]);
+      // The mount points were made in the container's rootfs, never on the host.
+      expect((await fs.stat(path.join(fsRoot, 'etc/b'))).isDirectory()).toBe(true);
+      await expect(fs.stat('/etc/b')).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(ownMounts()).toEqual([]);
+      await runtime.detach(app.id, { pid: c.pid });
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
+  test('refusals are coded and change nothing', async () => {
+    const { runtime, rootfs, root } = await world();
+    const fsRoot = await rootfs('refusals');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data', '/other'] });
+    const c = await runcStart(fsRoot, []);
+    const configFile = path.join(root, 'containers', `${app.id}.json`);
+    const stored = readFileSync(configFile, 'utf8');
+    try {
+      // Something else mounted at one path: the whole call refused, the other path not attached either.
+      // (runc's process has no CAP_SYS_ADMIN: mounted from outside, by the container's own busybox.)
+      await fs.mkdir(path.join(fsRoot, 'other'));
+      await execa('nsenter', [`--mount=/proc/${c.pid}/ns/mnt`, '--', '/bin/mount', '-t', 'tmpfs', 'tmpfs', '/other']);
+      await expect(runtime.attach(app.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_MOUNT_POINT_IN_USE' });
+      expect((await c.mounts()).has('/data')).toBe(false);
+      expect(readFileSync(configFile, 'utf8')).toBe(stored);
+      // Detach leaves a mount that is not the volume.
+      expect(await runtime.detach(app.id, { pid: c.pid })).toMatchObject({ detached: [] });
+      expect((await c.mounts()).get('/other')).toBeDefined();
+
+      // A path landing under /proc of the container.
+      await fs.symlink('/proc/sys', path.join(fsRoot, 'kernel'));
+      const p = await runtime.create({ rootfs: fsRoot, volumes: ['/kernel/x'], copyUp: false });
+      await expect(runtime.attach(p.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_INVALID_VOLUME_PATH' });
+
+      // Our own namespace; a process that is gone; a pid that is no pid.
+      await expect(runtime.attach(app.id, { pid: process.pid })).rejects.toMatchObject({ code: 'ERR_ATTACH_OWN_NAMESPACE' });
+      const gone = execa('true');
+      await gone;
+      await expect(runtime.attach(app.id, { pid: gone.pid! })).rejects.toMatchObject({ code: 'ERR_PROCESS_NOT_FOUND' });
+      for (const pid of [0, -1, 1.5, '1', undefined]) {
+        await expect(runtime.attach(app.id, { pid } as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+      }
+      expect(readFileSync(configFile, 'utf8')).toBe(stored);
+
+      // The util-linux engine, and a mounter without attach.
+      const utilLinux = new ContainerRuntime({ root, mounter: new BindMounter({ engine: 'util-linux' }) });
+      await expect(utilLinux.attach(app.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_ATTACH_UNSUPPORTED', message: expect.stringMatching(/kernel engine/) });
+      const fake = new FakeMounter();
+      const custom = new ContainerRuntime({ root, mounter: { mount: fake.mount.bind(fake), unmount: fake.unmount.bind(fake), list: fake.list.bind(fake) } });
+      await expect(custom.attach(app.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_ATTACH_UNSUPPORTED' });
+      expect(readFileSync(configFile, 'utf8')).toBe(stored);
+      expect((await c.mounts()).has('/data')).toBe(false);
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
+  test('without nsenter, mount and umount on PATH: ERR_ATTACH_HELPER_MISSING naming util-linux, nothing changed', async () => {
+    const { runtime, rootfs, root } = await world();
+    const fsRoot = await rootfs('no-helper');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
+    const c = await runcStart(fsRoot, []);
+    const configFile = path.join(root, 'containers', `${app.id}.json`);
+    const stored = readFileSync(configFile, 'utf8');
+    const emptyBin = await fs.mkdtemp(path.join(base, 'bin-'));
+    const savedPath = process.env.PATH;
+    try {
+      process.env.PATH = emptyBin;
+      await expect(runtime.attach(app.id, { pid: c.pid })).rejects.toMatchObject({
+        code: 'ERR_ATTACH_HELPER_MISSING',
+        message: expect.stringMatching(/util-linux.*nsenter, mount, umount/),
+      });
+    } finally {
+      process.env.PATH = savedPath;
+    }
+    try {
+      expect(readFileSync(configFile, 'utf8')).toBe(stored);
+      expect((await c.mounts()).has('/data')).toBe(false);
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
+  test('recover() forgets an attachment whose process is gone; the container can then be removed', async () => {
+    const { runtime, rootfs } = await world();
+    const fsRoot = await rootfs('gone');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
+    const c = await runcStart(fsRoot, []);
+    await runtime.attach(app.id, { pid: c.pid });
+    await stop(c);
+    expect((await runtime.get(app.id)).attachedTo).toEqual([{ pid: c.pid }]);
+    expect(await runtime.recover()).toMatchObject({ attachmentsGone: [app.id] });
+    expect((await runtime.get(app.id)).attachedTo).toBeUndefined();
+    expect((await runtime.recover()).attachmentsGone).toEqual([]);
+    await runtime.remove(app.id, { volumes: true });
+  }, 60_000);
+});
