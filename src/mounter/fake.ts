@@ -49,6 +49,8 @@ export type FakeMounterCall =
       path: string;
       /** The requested mode. */
       mode: Mode;
+      /** The mapping the mount is idmapped with, when the request has one (a copy). */
+      idmap?: IdMap;
     }
   | {
       /** One volume unmounted by a `detachAll` call (a path where the volume is not makes none). */
@@ -183,8 +185,8 @@ export class FakeMounter implements Mounter {
     const missing = requests.filter((r, i) => top(r.path) === undefined || requests.some((q, j) => j < i && top(q.path) === undefined && isBelow(r.path, q.path)));
     const made: string[] = [];
     try {
-      for (const { source, path: at, mode } of missing) {
-        this.calls.push({ op: 'attach', pid, source, path: at, mode });
+      for (const { source, path: at, mode, idmap } of missing) {
+        this.calls.push({ op: 'attach', pid, source, path: at, mode, ...(idmap ? { idmap: copyIdMap(idmap) } : {}) });
         this.maybeFail('attach', at, 'ERR_MOUNT_FAILED');
         ns.set(at, [...(ns.get(at) ?? []), { source, mode }]);
         this.attached.set(pid, ns);

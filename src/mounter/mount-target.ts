@@ -64,6 +64,8 @@ export function checkAttachTargets(pid: unknown, targets: unknown, withMode: boo
     if (withMode && checkMode((target as AttachRequest).mode, `the volume at ${target.path}`) === undefined) {
       throw new ContainerVolumesError('ERR_INVALID_MODE', `the volume at ${target.path} has no mode: must be 'ro' or 'rw'`);
     }
+    const { idmap } = target as AttachRequest;
+    if (withMode && idmap !== undefined) checkIdMap(idmap, `the idmap of the volume at ${target.path}`);
   }
 }
 

@@ -39,6 +39,8 @@ export interface AttachTarget {
 export interface AttachRequest extends AttachTarget {
   /** `'ro'` attaches it read-only from its first instant, `'rw'` read-write. */
   mode: Mode;
+  /** As `MountRequest.idmap`: the mount must be idmapped with this mapping (given only to a mounter whose `supportsIdmap` is true). */
+  idmap?: IdMap;
 }
 
 /** One mount found under a directory. */

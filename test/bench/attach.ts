@@ -1,11 +1,13 @@
 // Attach of a 10-volume container to a running runc container, next to what a Podman
 // user has instead (Podman cannot add a volume to a running container): a restart, i.e.
-// a `podman run` of the same container with the same 10 volumes. Root, in a private
-// mount namespace, after `npx tsup`:
+// a `podman run` of the same container with the same 10 volumes. Part of `npm run bench`;
+// alone, after `npx tsup`:
 //
-//   unshare -m --propagation private -- npx tsx test/bench/attach.ts [--iterations N] [--no-podman]
+//   npx tsx test/bench/attach.ts [--iterations N] [--no-podman]
 //
-// It imports the built package (dist/), as bench.ts does.
+// Needs root, runc and a static busybox at /bin/busybox; otherwise it says so and exits 0.
+// It runs itself in a private mount namespace and imports the built package (dist/).
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,8 +15,26 @@ import { parseArgs } from 'node:util';
 import { execa } from 'execa';
 import { BindMounter, ContainerRuntime } from '../../dist/index.js';
 
-const { values } = parseArgs({ options: { iterations: { type: 'string' }, 'no-podman': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { iterations: { type: 'string' }, 'no-podman': { type: 'boolean', default: false } }, strict: false });
 const iterations = Number(values.iterations ?? 20);
+const NS_ENV = 'CONTAINER_VOLUMES_BENCH_ATTACH_PRIVATE';
+
+function skip(why: string): never {
+  console.log(`\nattach bench skipped: ${why}`);
+  process.exit(0);
+}
+
+if (process.getuid?.() !== 0) skip('it needs root (mounts, runc)');
+for (const tool of ['runc', 'nsenter']) if (spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool]).status !== 0) skip(`${tool} is not installed`);
+if (process.env[NS_ENV] === undefined) {
+  // In a private mount namespace: the runc container's mounts vanish with it.
+  const child = spawnSync('unshare', ['-m', '--propagation', 'private', '--', process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, [NS_ENV]: '1' },
+  });
+  process.exit(child.status ?? 1);
+}
+console.log('\nattach to a running container (the kernel engine) against the restart a Podman user has instead');
 const TEN_PATHS = Array.from({ length: 10 }, (_, i) => `/data/v${i}`);
 
 /** Nearest rank, as bench.ts reports them. */

@@ -153,6 +153,37 @@ describe('idmapped volumes with the kernel engine', () => {
   });
 });
 
+describe('attach of an idmapped container to a running process in a user namespace', () => {
+  test('the volume appears in its mount namespace idmapped: owners on disk are the owners inside, and detach takes it out', async () => {
+    const { runtime, volumeDir, rootfs } = await world('kernel');
+    const place = await rootfs('seen-by-the-process');
+    const c = await runtime.create({ rootfs: await rootfs('app'), volumes: [`${place}/data`], idmap: mapping(200000), copyUp: false });
+    const data = volumeDir(c.volumes[0]!.volumeId);
+    await fs.writeFile(path.join(data, 'by-root'), 'r');
+    // A process in a user namespace and a mount namespace of its own (owned by that user namespace).
+    const holder = execa('unshare', ['--user', '--mount', '--', 'sh', '-c', 'echo && exec sleep infinity'], { stdin: 'ignore', stdout: 'pipe' });
+    holders.push(holder);
+    await new Promise((resolve) => holder.stdout?.once('data', resolve));
+    const lines = (ranges: IdMap['uidMappings']) => ranges.map((r) => `${r.containerID} ${r.hostID} ${r.size}\n`).join('');
+    await fs.writeFile(`/proc/${holder.pid}/uid_map`, lines(mapping(200000).uidMappings));
+    await fs.writeFile(`/proc/${holder.pid}/gid_map`, lines(mapping(200000).gidMappings));
+    const inside = (script: string) => execa('nsenter', ['--user', '--mount', '--target', String(holder.pid), '--', 'sh', '-c', script], { reject: false });
+
+    expect(await runtime.attach(c.id, { pid: holder.pid as number })).toMatchObject({ attached: [`${place}/data`] });
+    const mountinfo = await fs.readFile(`/proc/${holder.pid}/mountinfo`, 'utf8');
+    const line = mountinfo.split('\n').find((l) => l.split(' ')[4] === `${place}/data`);
+    expect(line?.split(' ')[5]?.split(',')).toEqual(expect.arrayContaining(['rw', 'nosuid', 'nodev', 'idmapped']));
+    expect(mountsUnder(place)).toEqual([]);
+    const seen = await inside(`stat -c %u:%g ${place}/data/by-root && echo made > ${place}/data/made && stat -c %u:%g ${place}/data/made`);
+    expect([seen.exitCode, seen.stdout]).toEqual([0, '0:0\n0:0']);
+    expect(await owner(path.join(data, 'made'))).toBe('0:0');
+
+    expect(await runtime.detach(c.id, { pid: holder.pid as number })).toMatchObject({ detached: [`${place}/data`] });
+    expect((await fs.readFile(`/proc/${holder.pid}/mountinfo`, 'utf8')).includes(`${place}/data`)).toBe(false);
+    holder.kill('SIGKILL');
+  });
+});
+
 describe('the util-linux engine', () => {
   test('refuses an idmapped container with ERR_IDMAP_UNSUPPORTED naming the kernel engine, before mounting anything', async () => {
     const { runtime, rootfs } = await world('util-linux');

@@ -203,3 +203,36 @@ describe('refusals', () => {
     expect(mounter.attachedIn(pid)).toEqual([]);
   });
 });
+
+describe('attach of a container with a user-namespace mapping', () => {
+  const idmap = { uidMappings: [{ containerID: 0, hostID: 100000, size: 65536 }], gidMappings: [{ containerID: 0, hostID: 100000, size: 65536 }] };
+
+  test('each volume is attached idmapped with the container\'s mapping', async () => {
+    const mounter = new FakeMounter();
+    const { runtime, rootfs } = await sandbox(mounter);
+    const app = await runtime.create({ rootfs: await rootfs('app'), volumes: ['/data', '/data/cache'], idmap });
+    await runtime.attach(app.id, { pid });
+    expect(mounter.calls.filter((c) => c.op === 'attach').map((c) => ['path' in c && c.path, 'idmap' in c && c.idmap])).toEqual([
+      ['/data', idmap],
+      ['/data/cache', idmap],
+    ]);
+  });
+
+  test('a mounter that does not declare supportsIdmap is refused before anything is attached or written', async () => {
+    const mounter = new FakeMounter({ supportsIdmap: false });
+    const { runtime, rootfs, root } = await sandbox(mounter);
+    const app = await runtime.create({ rootfs: await rootfs('app'), volumes: ['/data'], idmap });
+    const before = await snapshotTree(root);
+    const error = await expectCode(runtime.attach(app.id, { pid }), 'ERR_IDMAP_UNSUPPORTED');
+    expect(error.message).toContain(app.id);
+    expect(mounter.attachedIn(pid)).toEqual([]);
+    expect(await snapshotTree(root)).toEqual(before);
+  });
+
+  test('attachAll refuses a malformed mapping in a request', async () => {
+    const mounter = new FakeMounter();
+    const bad = { uidMappings: [{ containerID: 0, hostID: 100000, size: 0 }], gidMappings: idmap.gidMappings };
+    await expectCode(mounter.attachAll(pid, [{ source: '/v', path: '/data', mode: 'rw', idmap: bad }]), 'ERR_INVALID_ARGUMENT');
+    expect(mounter.attachedIn(pid)).toEqual([]);
+  });
+});

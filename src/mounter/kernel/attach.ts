@@ -9,9 +9,9 @@ import type { AttachRequest, AttachTarget, MountTarget } from '../mounter.js';
 import type { NamespaceHelper } from '../namespace-helper.js';
 import { AT_EMPTY_PATH, AT_FDCWD, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, STATX_ATTR_MOUNT_ROOT, STATX_INO, STATX_MNT_ID } from './constants.js';
 import {
-  attributesFor,
   changed,
   checkFlags,
+  checkIdmapped,
   IN_ROOTFS,
   identityOf,
   type Identity,
@@ -19,8 +19,10 @@ import {
   OPEN_DIRECTORY,
   RESOLVE_ATTEMPTS,
   resolveFailed,
+  setAttributes,
 } from './engine.js';
 import type { KernelCalls } from './syscalls.js';
+import { UserNamespaces } from './user-namespace.js';
 
 /** Directories of a process's root where a volume never lands: the kernel's own file systems. */
 const KERNEL_DIRECTORIES = ['/proc', '/sys'];
@@ -56,6 +58,7 @@ export class KernelAttacher {
   async attachAll(pid: number, requests: readonly AttachRequest[], helper: () => NamespaceHelper): Promise<string[]> {
     const proc = openProcess(pid);
     const attached: { place: Place; tree: number }[] = [];
+    let userNamespaces: UserNamespaces | undefined;
     try {
       const places = this.survey(proc, requests);
       const taken = places.find((p) => p.state === 'taken');
@@ -69,10 +72,11 @@ export class KernelAttacher {
       const missing = places.filter((p, i) => p.state === 'free' || places.some((q, j) => j < i && q.state === 'free' && isBelow(p.landed, q.landed)));
       if (missing.length === 0) return [];
       const run = helper();
+      userNamespaces = await UserNamespaces.open(missing.map((p) => p.request), (i) => describe(missing[i] as Place, pid));
       const seen = new Set<Identity>();
       for (const [i, place] of missing.entries()) {
         const nested = missing.filter((p, j) => j > i && isBelow(p.landed, place.landed) && !missing.some((q, k) => k > i && k < j && isBelow(p.landed, q.landed)));
-        await this.attach(proc, place, nested, seen, attached, run);
+        await this.attach(proc, place, nested, seen, attached, run, userNamespaces.of(place.request));
       }
       return attached.map((a) => a.place.request.path);
     } catch (error) {
@@ -85,6 +89,7 @@ export class KernelAttacher {
       throw error;
     } finally {
       for (const { tree } of attached) this.calls.close(tree);
+      userNamespaces?.close();
       closeProcess(proc);
     }
   }
@@ -168,7 +173,16 @@ export class KernelAttacher {
     }
   }
 
-  private async attach(proc: ProcessRoot, place: Place, nested: readonly Place[], seen: Set<Identity>, attached: { place: Place; tree: number }[], run: NamespaceHelper) {
+  /** Makes one mount, idmapped with `userns` when given, after the mount points of `nested` inside it (see KernelEngine). */
+  private async attach(
+    proc: ProcessRoot,
+    place: Place,
+    nested: readonly Place[],
+    seen: Set<Identity>,
+    attached: { place: Place; tree: number }[],
+    run: NamespaceHelper,
+    userns: number | undefined,
+  ) {
     const { calls } = this;
     const what = describe(place, proc.pid);
     let tree: number;
@@ -181,7 +195,7 @@ export class KernelAttacher {
     try {
       // While the copy is still writable and seen by nobody, so a read-only volume can hold mount points.
       for (const child of nested) makeDirectories(calls, tree, path.posix.relative(place.landed, child.landed));
-      calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(place.request));
+      setAttributes(calls, tree, place.request, userns, what);
       target = this.resolve(proc, place.landed, true, what) as number;
       const identity = identityOf(calls.statx(target, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO));
       if (seen.has(identity)) {
@@ -212,6 +226,7 @@ export class KernelAttacher {
       const seen = calls.statx(there, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO);
       if (seen.mountId !== mountId || (seen.attributes & STATX_ATTR_MOUNT_ROOT) === 0) throw changed(targetOf(proc, place.landed), what);
       checkFlags(calls.mountFlags(there), place.request.mode, what);
+      if (place.request.idmap) checkIdmapped(`/proc/${proc.pid}/mountinfo`, mountId, what);
       return identityOf(seen);
     } finally {
       calls.close(there);

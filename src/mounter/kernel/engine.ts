@@ -1,10 +1,9 @@
-import { closeSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../../errors.js';
 import { debugMount } from '../../debug.js';
 import { openInRootfs, procPathOf, type PinnedDirectory } from '../../rootfs/open-in-rootfs.js';
 import { isBelow } from '../../rules/volume-path.js';
-import { idMapKey } from '../../rules/idmap.js';
 import type { MountRequest, MountTarget } from '../mounter.js';
 import { parseMountinfo } from '../mountinfo.js';
 import {
@@ -39,7 +38,7 @@ import {
   STATX_MNT_ID,
 } from './constants.js';
 import type { KernelCalls, MountAttr, StatxResult } from './syscalls.js';
-import { openUserNamespace } from './user-namespace.js';
+import { UserNamespaces } from './user-namespace.js';
 
 export const OPEN_DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC;
 /**
@@ -81,13 +80,9 @@ export class KernelEngine {
   async mountAll(requests: readonly MountRequest[]): Promise<void> {
     const session = new Session(this.calls);
     const attached: Attached[] = [];
-    const userNamespaces = new Map<string, number>();
+    let userNamespaces: UserNamespaces | undefined;
     try {
-      // One user namespace per distinct mapping, all made before anything is mounted.
-      for (const request of requests) {
-        const key = request.idmap && idMapKey(request.idmap);
-        if (key && !userNamespaces.has(key)) userNamespaces.set(key, await openUserNamespace(request.idmap!, describeMount(request)));
-      }
+      userNamespaces = await UserNamespaces.open(requests, (i) => describeMount(requests[i] as MountRequest));
       // A non-directory or a loop on any path is refused before anything is made.
       requests.forEach((request, i) => {
         if (parentOf(requests, i) !== undefined) return;
@@ -97,14 +92,14 @@ export class KernelEngine {
       const seen = new Set<Identity>();
       for (const [i, request] of requests.entries()) {
         const nested = requests.filter((_, j) => j > i && parentOf(requests, j) === i);
-        this.attach(session, request, nested, seen, attached, request.idmap && userNamespaces.get(idMapKey(request.idmap)));
+        this.attach(session, request, nested, seen, attached, userNamespaces.of(request));
       }
     } catch (error) {
       await this.detachAll(attached.reverse()).catch((e: Error) => debugMount('rollback failed: %s', e.message));
       throw error;
     } finally {
       for (const a of attached) this.calls.close(a.tree);
-      for (const fd of userNamespaces.values()) closeSync(fd);
+      userNamespaces?.close();
       session.close();
     }
   }
@@ -158,12 +153,7 @@ export class KernelEngine {
       // While the copy is still writable and seen by nobody, so a read-only volume can hold mount points.
       // Before it is idmapped too: root of this namespace cannot create through an idmapping that has no id for it.
       for (const child of nested) makeDirectories(calls, tree, path.posix.relative(request.path, child.path));
-      try {
-        calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request, userns));
-      } catch (error) {
-        if (userns !== undefined && isErrnoException(error, 'EINVAL')) throw idmapRefused(calls, request, what, error);
-        throw error;
-      }
+      setAttributes(calls, tree, request, userns, what);
       target = session.resolve(request, true, what) as number;
       const identity = session.identityOf(target);
       // Landing refuses two paths to one directory by name; a bind mount inside the rootfs can still make two names one.
@@ -197,10 +187,7 @@ export class KernelEngine {
       if (seen.mountId !== mountId || (seen.attributes & STATX_ATTR_MOUNT_ROOT) === 0) throw changed(request, what);
       const identity = identityOf(seen);
       checkFlags(calls.mountFlags(there), request.mode, what);
-      // No flag tells an idmapped mount: mountinfo does.
-      if (request.idmap && !parseMountinfo(readFileSync('/proc/self/mountinfo', 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) {
-        throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show idmapped in effect`);
-      }
+      if (request.idmap) checkIdmapped('/proc/self/mountinfo', mountId, what);
       return identity;
     } finally {
       calls.close(there);
@@ -237,8 +224,14 @@ export function checkFlags(flags: number, mode: MountRequest['mode'], what: stri
   }
 }
 
+/** ERR_MOUNT_FAILED unless the mount `mountId`, listed in `mountinfo`, is idmapped: no fstatvfs flag tells it, mountinfo does. */
+export function checkIdmapped(mountinfo: string, mountId: number, what: string): void {
+  if (parseMountinfo(readFileSync(mountinfo, 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) return;
+  throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show idmapped in effect`);
+}
+
 /** The mount's options: those util-linux's `remount,bind,nosuid,nodev,<mode>` gives, and private; idmapped with `userns` when given. */
-export function attributesFor(request: Pick<MountRequest, 'mode'>, userns?: number): MountAttr {
+function attributesFor(request: Pick<MountRequest, 'mode'>, userns?: number): MountAttr {
   const ro = request.mode === 'ro';
   return {
     attrSet: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_RELATIME | (ro ? MOUNT_ATTR_RDONLY : 0) | (userns === undefined ? 0 : MOUNT_ATTR_IDMAP),
@@ -248,12 +241,22 @@ export function attributesFor(request: Pick<MountRequest, 'mode'>, userns?: numb
   };
 }
 
+/** Sets a detached mount's options (`attributesFor`) before anyone sees it; a file system that cannot be idmapped is ERR_IDMAP_UNSUPPORTED. */
+export function setAttributes(calls: KernelCalls, tree: number, request: Pick<MountRequest, 'mode' | 'source'>, userns: number | undefined, what: string): void {
+  try {
+    calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request, userns));
+  } catch (error) {
+    if (userns !== undefined && isErrnoException(error, 'EINVAL')) throw idmapRefused(calls, request, what, error);
+    throw error;
+  }
+}
+
 /**
  * The kernel says EINVAL to MOUNT_ATTR_IDMAP on a detached mount when the file system
  * does not support idmapped mounts (ramfs, NFS, …): the error names the file system type,
  * read from the mount that holds the volume directory.
  */
-function idmapRefused(calls: KernelCalls, request: MountRequest, what: string, error: unknown): ContainerVolumesError {
+function idmapRefused(calls: KernelCalls, request: Pick<MountRequest, 'source'>, what: string, error: unknown): ContainerVolumesError {
   let fsType = 'its file system';
   try {
     const { mountId } = calls.statx(AT_FDCWD, request.source, 0, STATX_MNT_ID);

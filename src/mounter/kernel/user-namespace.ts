@@ -1,7 +1,7 @@
-import { openSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { ContainerVolumesError } from '../../errors.js';
-import { idMapLines } from '../../rules/idmap.js';
+import { idMapKey, idMapLines } from '../../rules/idmap.js';
 import type { IdMap } from '../../types.js';
 
 /** How long the short-lived process may take to enter its new user namespace. */
@@ -44,5 +44,34 @@ export async function openUserNamespace(map: IdMap, what: string): Promise<numbe
   } finally {
     holder.kill('SIGKILL');
     await holder;
+  }
+}
+
+/** The user namespaces a call's requests are idmapped with: one per distinct mapping, made before anything is mounted. */
+export class UserNamespaces {
+  readonly #fds = new Map<string, number>();
+
+  static async open(requests: readonly { idmap?: IdMap }[], what: (i: number) => string): Promise<UserNamespaces> {
+    const made = new UserNamespaces();
+    try {
+      for (const [i, { idmap }] of requests.entries()) {
+        const key = idmap && idMapKey(idmap);
+        if (key && !made.#fds.has(key)) made.#fds.set(key, await openUserNamespace(idmap as IdMap, what(i)));
+      }
+    } catch (error) {
+      made.close();
+      throw error;
+    }
+    return made;
+  }
+
+  /** The namespace descriptor for a request's mapping; undefined for a request without one. */
+  of(request: { idmap?: IdMap }): number | undefined {
+    return request.idmap && this.#fds.get(idMapKey(request.idmap));
+  }
+
+  close(): void {
+    for (const fd of this.#fds.values()) closeSync(fd);
+    this.#fds.clear();
   }
 }
