@@ -1,5 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
-import { type Context, type ContainerVolumesOptions, optionalBoolean, optionsObject } from './context.js';
+import { type Context, type ContainerVolumesOptions } from './context.js';
+import { optionalBoolean, optionsObject } from './rules/options.js';
 import { createContainer, removeContainer } from './operations/containers.js';
 import { ContainerVolumesError, describe } from './errors.js';
 import { resolveContainer } from './operations/references.js';

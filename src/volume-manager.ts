@@ -1,6 +1,7 @@
 import { ContainerVolumesError, describe, isErrnoException } from './errors.js';
 import { measureTree } from './operations/disk-usage.js';
-import { type Context, type ContainerVolumesOptions, createContext, optionalBoolean, optionsObject } from './context.js';
+import { type Context, type ContainerVolumesOptions, createContext } from './context.js';
+import { optionalBoolean, optionsObject } from './rules/options.js';
 import { mountContainer, readSources, sortVolumes, unmountContainer } from './operations/containers.js';
 import { checkPlaces } from './plan/mount-plan.js';
 import { checkReadOnlyParents } from './plan/read-only-parents.js';

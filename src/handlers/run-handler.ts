@@ -1,6 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import type { Context } from '../context.js';
-import { optionsObject } from '../context.js';
+import { optionsObject } from '../rules/options.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { placeMounts } from '../plan/mount-plan.js';
 import { checkReference } from '../rules/ids.js';

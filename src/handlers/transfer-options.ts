@@ -1,4 +1,4 @@
-import { optionsObject } from '../context.js';
+import { optionsObject } from '../rules/options.js';
 import { debugRuntime } from '../debug.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 

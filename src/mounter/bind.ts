@@ -1,5 +1,5 @@
 import { existsSync, realpathSync } from 'node:fs';
-import { optionsObject } from '../context.js';
+import { optionsObject } from '../rules/options.js';
 import { ContainerVolumesError, isErrnoException } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
 import { landingPath } from '../rootfs/open-in-rootfs.js';

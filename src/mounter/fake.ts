@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { optionsObject } from '../context.js';
+import { optionsObject } from '../rules/options.js';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { compareParentsFirst } from '../rules/volume-path.js';
 import { copyIdMap } from '../rules/idmap.js';
