@@ -68,7 +68,14 @@ const defaultEngine = spawnSync(process.execPath, ['--input-type=module', '-e', 
 }).stdout.trim();
 const engines = [
   { name: `${defaultEngine || 'default'} engine, the default here`, env: { CONTAINER_VOLUMES_MOUNT_ENGINE: '' } },
-  { name: 'util-linux engine', env: { CONTAINER_VOLUMES_MOUNT_ENGINE: 'util-linux' } },
+  // Two files are left out of the second pass: they never mount with the runtime's
+  // mounter, so the engine cannot change what they see (copy-up runs `cp` in a namespace
+  // of its own; backups mount in handler namespaces, always with util-linux).
+  {
+    name: 'util-linux engine',
+    env: { CONTAINER_VOLUMES_MOUNT_ENGINE: 'util-linux' },
+    ignore: ['/test/real/copy-up\\.test\\.ts$', '/test/real/backup\\.test\\.ts$'],
+  },
 ];
 const real = engines.map(() => ({ passed: 0, failed: 0, skipped: 0 }));
 const cannot = canMountForReal();
@@ -84,7 +91,8 @@ if (cannot) {
     const realFile = path.join(results, `real-${i}.json`);
     ok =
       step(`real-mount tests (BindMounter, ${engine.name}, private mount namespace)`, 'unshare', [
-        '-m', '--propagation', 'private', '--', process.execPath, ...jest, '--selectProjects', 'real', '--runInBand', '--json', `--outputFile=${realFile}`, ...forwarded,
+        '-m', '--propagation', 'private', '--', process.execPath, ...jest, '--selectProjects', 'real', '--runInBand', '--json', `--outputFile=${realFile}`,
+        ...(engine.ignore ?? []).flatMap((pattern) => ['--testPathIgnorePatterns', pattern]), ...forwarded,
       ], { CONTAINER_VOLUMES_HOST_MNT_NS: fs.readlinkSync('/proc/self/ns/mnt'), ...engine.env }) && ok;
     real[i] = counts(realFile);
     if (real[i].passed === 0) ok = false;
