@@ -258,6 +258,26 @@ describe('attach: volumes added to a container runc runs, without restarting it'
     }
   }, 60_000);
 
+  test('a volume left under a mount made over it stays attached: detach keeps the attachment, the container is not removed', async () => {
+    const { runtime, rootfs } = await world();
+    const fsRoot = await rootfs('covered');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
+    const c = await runcStart(fsRoot, []);
+    try {
+      await runtime.attach(app.id, { pid: c.pid });
+      await execa('nsenter', [`--mount=/proc/${c.pid}/ns/mnt`, '--', '/bin/mount', '-t', 'tmpfs', 'tmpfs', '/data']);
+      expect(await runtime.detach(app.id, { pid: c.pid })).toMatchObject({ detached: [], container: { attachedTo: [{ pid: c.pid }] } });
+      await expect(runtime.remove(app.id)).rejects.toMatchObject({ code: 'ERR_CONTAINER_ATTACHED' });
+      await execa('nsenter', [`--mount=/proc/${c.pid}/ns/mnt`, '--', '/bin/umount', '/data']);
+      const out = await runtime.detach(app.id, { pid: c.pid });
+      expect(out.detached).toEqual(['/data']);
+      expect(out.container.attachedTo).toBeUndefined();
+      await runtime.remove(app.id, { volumes: true });
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
   test('recover() forgets an attachment whose process is gone; the container can then be removed', async () => {
     const { runtime, rootfs } = await world();
     const fsRoot = await rootfs('gone');
