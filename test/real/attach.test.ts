@@ -278,6 +278,31 @@ describe('attach: volumes added to a container runc runs, without restarting it'
     }
   }, 60_000);
 
+  test('the volume there already but not as asked (rw for ro, plain for an idmapped container) is refused, not left alone', async () => {
+    const { runtime, rootfs, root, volumeDir } = await world();
+    const fsRoot = await rootfs('unlike');
+    const range = [{ containerID: 0, hostID: 100000, size: 65536 }];
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'], idmap: { uidMappings: range, gidMappings: range } });
+    const ro = await runtime.create({ rootfs: fsRoot, volumesFrom: [`${app.id}:ro`] });
+    // runc mounts it as a container without the mapping would have it: plain, read-write.
+    const { idmap: _, ...plain } = app;
+    const c = await runcStart(fsRoot, [{ destination: '/data', type: 'bind', source: volumeDir(plain.volumes[0]!.volumeId), options: ['bind', 'rw', 'nosuid', 'nodev', 'rprivate'] }]);
+    const stored = readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8');
+    try {
+      await expect(runtime.attach(app.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_MOUNT_POINT_IN_USE', message: expect.stringMatching(/without idmapped/) });
+      await expect(runtime.attach(ro.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_MOUNT_POINT_IN_USE', message: expect.stringMatching(/without ro/) });
+      expect(readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8')).toBe(stored);
+      expect((await c.mounts()).get('/data')).not.toContain('idmapped');
+      // Detached first, it is attached as asked.
+      expect((await runtime.detach(app.id, { pid: c.pid })).detached).toEqual(['/data']);
+      expect((await runtime.attach(app.id, { pid: c.pid })).attached).toEqual(['/data']);
+      expect((await c.mounts()).get('/data')).toContain('idmapped');
+      await runtime.detach(app.id, { pid: c.pid });
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
   test('recover() forgets an attachment whose process is gone; the container can then be removed', async () => {
     const { runtime, rootfs } = await world();
     const fsRoot = await rootfs('gone');
