@@ -105,7 +105,8 @@ export class ContainerRuntime {
    * with the container's configuration. Every volume missing there is mounted at its
    * container path, resolved inside that process's root (its symlinks followed, never
    * out of it; never under its /proc or /sys), `nosuid,nodev`, read-only from its first
-   * instant when its mode is `ro`, parents first; volumes already there are left alone.
+   * instant when its mode is `ro`, parents first; volumes already there as asked are left
+   * alone (otherwise ERR_MOUNT_POINT_IN_USE: detach that path first).
    * All or nothing. While attached, the container cannot be removed and its volumes
    * cannot be deleted. Needs a BindMounter on the kernel engine and util-linux's
    * nsenter, mount and umount. See docs/running-containers.md.

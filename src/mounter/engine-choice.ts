@@ -1,9 +1,8 @@
-import { accessSync, constants as fsConstants } from 'node:fs';
-import path from 'node:path';
 import { ContainerVolumesError, describe } from '../errors.js';
 import { debugMount } from '../debug.js';
 import { KernelEngine } from './kernel/engine.js';
 import { kernelMountApi } from './kernel/probe.js';
+import { findOnPath } from './find-on-path.js';
 
 /** How a BindMounter makes its mounts: the kernel's mount API, or util-linux's `mount` and `umount`. */
 export type MountEngine = 'kernel' | 'util-linux';
@@ -61,16 +60,6 @@ export function chooseEngine(option: unknown): ChosenEngine {
 /** Why util-linux's `mount` and `umount` cannot be run here, if they cannot. */
 function utilLinuxMissing(): string | undefined {
   if (process.platform !== 'linux') return `bind mounts need Linux, not ${process.platform}`;
-  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
-  const missing = ['mount', 'umount'].filter((tool) => !dirs.some((dir) => isExecutable(path.join(dir, tool))));
+  const missing = ['mount', 'umount'].filter((tool) => findOnPath(tool) === undefined);
   return missing.length > 0 ? `${missing.join(' and ')} not found on PATH (install util-linux)` : undefined;
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }

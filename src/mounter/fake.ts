@@ -83,6 +83,8 @@ export interface FakeFailure {
 interface FakeMount {
   source: string;
   mode: Mode;
+  /** Made by `attachAll` for a request with an idmap. */
+  idmapped?: boolean;
 }
 
 /** Options of `new FakeMounter(options)`. */
@@ -173,8 +175,9 @@ export class FakeMounter implements Mounter {
   /**
    * Mounts volumes in a process's namespace, kept in memory per pid (any positive pid
    * will do: the process is not looked at). As `BindMounter.attachAll`: a path whose
-   * topmost mount is another volume is ERR_MOUNT_POINT_IN_USE, one that is this volume is
-   * left alone, and an injected failure undoes what the call made.
+   * topmost mount is another volume, or this volume in another mode or not idmapped as
+   * asked, is ERR_MOUNT_POINT_IN_USE, one that is this volume as asked is left alone, and
+   * an injected failure undoes what the call made.
    */
   async attachAll(pid: number, requests: readonly AttachRequest[]): Promise<string[]> {
     checkAttachTargets(pid, requests, true);
@@ -182,13 +185,15 @@ export class FakeMounter implements Mounter {
     const top = (at: string) => ns.get(at)?.at(-1);
     const taken = requests.find((r) => top(r.path) !== undefined && top(r.path)?.source !== r.source);
     if (taken) throw new ContainerVolumesError('ERR_MOUNT_POINT_IN_USE', `cannot attach ${taken.source} at ${taken.path} in process ${pid}: another mount is there`);
+    const unlike = requests.find((r) => top(r.path) !== undefined && (top(r.path)?.mode !== r.mode || (r.idmap !== undefined && !top(r.path)?.idmapped)));
+    if (unlike) throw new ContainerVolumesError('ERR_MOUNT_POINT_IN_USE', `cannot attach ${unlike.source} at ${unlike.path} in process ${pid}: it is there already, but not as asked: detach it first`);
     const missing = requests.filter((r, i) => top(r.path) === undefined || requests.some((q, j) => j < i && top(q.path) === undefined && isBelow(r.path, q.path)));
     const made: string[] = [];
     try {
       for (const { source, path: at, mode, idmap } of missing) {
         this.calls.push({ op: 'attach', pid, source, path: at, mode, ...(idmap ? { idmap: copyIdMap(idmap) } : {}) });
         this.maybeFail('attach', at, 'ERR_MOUNT_FAILED');
-        ns.set(at, [...(ns.get(at) ?? []), { source, mode }]);
+        ns.set(at, [...(ns.get(at) ?? []), { source, mode, ...(idmap ? { idmapped: true } : {}) }]);
         this.attached.set(pid, ns);
         made.push(at);
       }

@@ -144,7 +144,8 @@ export interface Mounter {
    * container that another runtime started), parents first, each at its path inside
    * that process's root, symlinks there followed but never out of it, `nosuid,nodev`
    * and read-only from its first instant when asked. A path where the topmost mount is
-   * already that volume is left alone; a path where another mount is refuses the whole
+   * already that volume as asked (its mode, `nosuid,nodev`, idmapped when asked) is left
+   * alone; a path where another mount is, or that volume otherwise, refuses the whole
    * call (ERR_MOUNT_POINT_IN_USE) before anything is made. All or nothing. Resolves to
    * the paths it mounted. `ContainerRuntime.attach` needs it (and `detachAll`).
    */

@@ -1,9 +1,8 @@
-import { accessSync, constants as fsConstants } from 'node:fs';
-import path from 'node:path';
 import { execa } from 'execa';
 import { ContainerVolumesError, MountCommandError } from '../errors.js';
 import { debugMount } from '../debug.js';
 import { procPathOf } from '../rootfs/open-in-rootfs.js';
+import { findOnPath } from './find-on-path.js';
 import { NOTHING_MOUNTED } from './util-linux/commands.js';
 
 /*
@@ -58,10 +57,9 @@ export function namespaceHelper(): NamespaceHelper {
 }
 
 function findTools(): Record<Tool, string> {
-  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter((dir) => path.isAbsolute(dir));
   const found: Partial<Record<Tool, string>> = {};
   for (const tool of TOOLS) {
-    const file = dirs.map((dir) => path.join(dir, tool)).find(isExecutable);
+    const file = findOnPath(tool);
     if (file !== undefined) found[tool] = file;
   }
   const missing = TOOLS.filter((tool) => found[tool] === undefined);
@@ -72,15 +70,6 @@ function findTools(): Record<Tool, string> {
     );
   }
   return found as Record<Tool, string>;
-}
-
-function isExecutable(file: string): boolean {
-  try {
-    accessSync(file, fsConstants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 interface Ran {

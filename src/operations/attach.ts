@@ -68,9 +68,12 @@ export async function detachContainer(ctx: Context, containerId: string, pid: nu
   const targets = all.filter((r) => paths === undefined || paths.includes(r.path)).reverse().map(({ source, path }) => ({ source, path }));
   ctx.store.assertLocked();
   const detached = targets.length > 0 ? await (mounter.detachAll as NonNullable<Mounter['detachAll']>).call(mounter, pid, targets) : [];
-  // Once every volume is out, the namespace holds nothing of the container: forgotten.
-  if (targets.length !== all.length || !config.attachedIn?.some((a) => a.namespace === ns.namespace)) return { config, detached };
-  const rest = config.attachedIn.filter((a) => a.namespace !== ns.namespace);
+  const attachment = config.attachedIn?.find((a) => a.namespace === ns.namespace);
+  if (targets.length !== all.length || attachment === undefined) return { config, detached };
+  // A volume left where something was mounted over it is still in use there: the
+  // attachment is forgotten only once the namespace holds none of the volumes.
+  if (await namespaceHolds(ctx, attachment, attachment.bootId, config.volumes.map((v) => v.volumeId))) return { config, detached };
+  const rest = (config.attachedIn ?? []).filter((a) => a.namespace !== ns.namespace);
   const { attachedIn: _, ...without } = config;
   const changed: ContainerConfig = rest.length > 0 ? { ...without, attachedIn: rest } : without;
   await ctx.store.writeContainer(changed, config);

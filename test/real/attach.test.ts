@@ -258,6 +258,51 @@ describe('attach: volumes added to a container runc runs, without restarting it'
     }
   }, 60_000);
 
+  test('a volume left under a mount made over it stays attached: detach keeps the attachment, the container is not removed', async () => {
+    const { runtime, rootfs } = await world();
+    const fsRoot = await rootfs('covered');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
+    const c = await runcStart(fsRoot, []);
+    try {
+      await runtime.attach(app.id, { pid: c.pid });
+      await execa('nsenter', [`--mount=/proc/${c.pid}/ns/mnt`, '--', '/bin/mount', '-t', 'tmpfs', 'tmpfs', '/data']);
+      expect(await runtime.detach(app.id, { pid: c.pid })).toMatchObject({ detached: [], container: { attachedTo: [{ pid: c.pid }] } });
+      await expect(runtime.remove(app.id)).rejects.toMatchObject({ code: 'ERR_CONTAINER_ATTACHED' });
+      await execa('nsenter', [`--mount=/proc/${c.pid}/ns/mnt`, '--', '/bin/umount', '/data']);
+      const out = await runtime.detach(app.id, { pid: c.pid });
+      expect(out.detached).toEqual(['/data']);
+      expect(out.container.attachedTo).toBeUndefined();
+      await runtime.remove(app.id, { volumes: true });
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
+  test('the volume there already but not as asked (rw for ro, plain for an idmapped container) is refused, not left alone', async () => {
+    const { runtime, rootfs, root, volumeDir } = await world();
+    const fsRoot = await rootfs('unlike');
+    const range = [{ containerID: 0, hostID: 100000, size: 65536 }];
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'], idmap: { uidMappings: range, gidMappings: range } });
+    const ro = await runtime.create({ rootfs: fsRoot, volumesFrom: [`${app.id}:ro`] });
+    // runc mounts it as a container without the mapping would have it: plain, read-write.
+    const { idmap: _, ...plain } = app;
+    const c = await runcStart(fsRoot, [{ destination: '/data', type: 'bind', source: volumeDir(plain.volumes[0]!.volumeId), options: ['bind', 'rw', 'nosuid', 'nodev', 'rprivate'] }]);
+    const stored = readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8');
+    try {
+      await expect(runtime.attach(app.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_MOUNT_POINT_IN_USE', message: expect.stringMatching(/without idmapped/) });
+      await expect(runtime.attach(ro.id, { pid: c.pid })).rejects.toMatchObject({ code: 'ERR_MOUNT_POINT_IN_USE', message: expect.stringMatching(/without ro/) });
+      expect(readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8')).toBe(stored);
+      expect((await c.mounts()).get('/data')).not.toContain('idmapped');
+      // Detached first, it is attached as asked.
+      expect((await runtime.detach(app.id, { pid: c.pid })).detached).toEqual(['/data']);
+      expect((await runtime.attach(app.id, { pid: c.pid })).attached).toEqual(['/data']);
+      expect((await c.mounts()).get('/data')).toContain('idmapped');
+      await runtime.detach(app.id, { pid: c.pid });
+    } finally {
+      await stop(c);
+    }
+  }, 60_000);
+
   test('recover() forgets an attachment whose process is gone; the container can then be removed', async () => {
     const { runtime, rootfs } = await world();
     const fsRoot = await rootfs('gone');

@@ -81,6 +81,20 @@ describe('attach and detach', () => {
     expect(withoutNamespaceRegistry(await snapshotTree(root))).toEqual(withoutNamespaceRegistry(before));
   });
 
+  test('the volume there already in another mode, or not idmapped for a container with a mapping, refuses the call', async () => {
+    const { runtime, mounter, app, root, source, rootfs } = await setup();
+    await mounter.attachAll(pid, [{ source: source('/logs'), path: '/logs', mode: 'ro' }]);
+    await expectCode(runtime.attach(app.id, { pid }), 'ERR_MOUNT_POINT_IN_USE');
+    const range = [{ containerID: 0, hostID: 100000, size: 65536 }];
+    const mapped = await runtime.create({ rootfs: await rootfs('mapped'), volumes: ['/m'], idmap: { uidMappings: range, gidMappings: range } });
+    const m = path.join(root, 'volumes', mapped.volumes[0]!.volumeId);
+    await mounter.attachAll(pid, [{ source: m, path: '/m', mode: 'rw' }]);
+    await expectCode(runtime.attach(mapped.id, { pid }), 'ERR_MOUNT_POINT_IN_USE');
+    expect(mounter.attachedIn(pid).map((v) => v.path)).toEqual(['/logs', '/m']);
+    expect((await runtime.get(app.id)).attachedTo).toBeUndefined();
+    expect((await runtime.get(mapped.id)).attachedTo).toBeUndefined();
+  });
+
   test('if one volume fails, those attached by the call are taken out again, and the store is as it was', async () => {
     const { runtime, mounter, app, root } = await setup();
     const before = await snapshotTree(root);

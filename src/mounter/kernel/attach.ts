@@ -10,12 +10,12 @@ import type { NamespaceHelper } from '../namespace-helper.js';
 import { AT_EMPTY_PATH, AT_FDCWD, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, STATX_ATTR_MOUNT_ROOT, STATX_INO, STATX_MNT_ID } from './constants.js';
 import {
   changed,
-  checkFlags,
-  checkIdmapped,
+  checkOptions,
   IN_ROOTFS,
   identityOf,
   type Identity,
   makeDirectories,
+  missingOptions,
   OPEN_DIRECTORY,
   RESOLVE_ATTEMPTS,
   resolveFailed,
@@ -43,6 +43,8 @@ interface Place {
   request: AttachRequest;
   landed: string;
   state: 'free' | 'volume' | 'taken';
+  /** For a volume there already: what its mount lacks of what the request asks (a mode, `idmapped`…). */
+  lacking: string[];
 }
 
 /**
@@ -66,6 +68,13 @@ export class KernelAttacher {
         throw new ContainerVolumesError(
           'ERR_MOUNT_POINT_IN_USE',
           `cannot attach volume ${taken.request.source} at ${taken.request.path} in process ${pid}: something else is mounted at ${taken.landed} there`,
+        );
+      }
+      const unlike = places.find((p) => p.lacking.length > 0);
+      if (unlike) {
+        throw new ContainerVolumesError(
+          'ERR_MOUNT_POINT_IN_USE',
+          `cannot attach volume ${unlike.request.source} at ${unlike.request.path} in process ${pid}: it is mounted at ${unlike.landed} there already, but without ${unlike.lacking.join(',')}: detach it first`,
         );
       }
       // A volume below one mounted now would be covered by it: it is mounted again on top.
@@ -132,11 +141,14 @@ export class KernelAttacher {
       }
       taken.set(landed, request.path);
       const fd = this.resolve(proc, landed, false, describe({ request, landed }, proc.pid));
-      if (fd === null) return { request, landed, state: 'free' };
+      if (fd === null) return { request, landed, state: 'free', lacking: [] };
       try {
-        const at = this.calls.statx(fd, '', AT_EMPTY_PATH, STATX_INO);
-        if ((at.attributes & STATX_ATTR_MOUNT_ROOT) === 0) return { request, landed, state: 'free' };
-        return { request, landed, state: this.isVolume(at, request.source) ? 'volume' : 'taken' };
+        const at = this.calls.statx(fd, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO);
+        if ((at.attributes & STATX_ATTR_MOUNT_ROOT) === 0) return { request, landed, state: 'free', lacking: [] };
+        if (!this.isVolume(at, request.source)) return { request, landed, state: 'taken', lacking: [] };
+        // Left alone only as asked: a plain mount of an idmapped container's volume shows every owner wrong.
+        const lacking = missingOptions(this.calls.mountFlags(fd), at.mountId, `/proc/${proc.pid}/mountinfo`, request);
+        return { request, landed, state: 'volume', lacking };
       } finally {
         this.calls.close(fd);
       }
@@ -225,8 +237,7 @@ export class KernelAttacher {
     try {
       const seen = calls.statx(there, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO);
       if (seen.mountId !== mountId || (seen.attributes & STATX_ATTR_MOUNT_ROOT) === 0) throw changed(targetOf(proc, place.landed), what);
-      checkFlags(calls.mountFlags(there), place.request.mode, what);
-      if (place.request.idmap) checkIdmapped(`/proc/${proc.pid}/mountinfo`, mountId, what);
+      checkOptions(calls.mountFlags(there), mountId, `/proc/${proc.pid}/mountinfo`, place.request, what);
       return identityOf(seen);
     } finally {
       calls.close(there);

@@ -186,8 +186,7 @@ export class KernelEngine {
       const seen = calls.statx(there, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO);
       if (seen.mountId !== mountId || (seen.attributes & STATX_ATTR_MOUNT_ROOT) === 0) throw changed(request, what);
       const identity = identityOf(seen);
-      checkFlags(calls.mountFlags(there), request.mode, what);
-      if (request.idmap) checkIdmapped('/proc/self/mountinfo', mountId, what);
+      checkOptions(calls.mountFlags(there), mountId, '/proc/self/mountinfo', request, what);
       return identity;
     } finally {
       calls.close(there);
@@ -214,20 +213,25 @@ export class KernelEngine {
   }
 }
 
-/** ERR_MOUNT_FAILED unless the fstatvfs flags of a new mount show nosuid, nodev and its mode. */
-export function checkFlags(flags: number, mode: MountRequest['mode'], what: string): void {
+/**
+ * What a mount lacks of what its request asks: `nosuid`, `nodev` and its mode, from the
+ * fstatvfs `flags` of the mount `mountId`; `idmapped`, which no flag tells, from its
+ * line in `mountinfo` (the file of a process that sees it).
+ */
+export function missingOptions(flags: number, mountId: number, mountinfo: string, request: Pick<MountRequest, 'mode' | 'idmap'>): string[] {
   const wanted: [number, string][] = [[ST_NOSUID, 'nosuid'], [ST_NODEV, 'nodev']];
   const missing = wanted.filter(([flag]) => (flags & flag) === 0).map(([, name]) => name);
-  if (((flags & ST_RDONLY) !== 0) !== (mode === 'ro')) missing.push(mode);
+  if (((flags & ST_RDONLY) !== 0) !== (request.mode === 'ro')) missing.push(request.mode);
+  if (request.idmap && !parseMountinfo(readFileSync(mountinfo, 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) missing.push('idmapped');
+  return missing;
+}
+
+/** ERR_MOUNT_FAILED unless a new mount shows everything its request asks (see `missingOptions`). */
+export function checkOptions(flags: number, mountId: number, mountinfo: string, request: Pick<MountRequest, 'mode' | 'idmap'>, what: string): void {
+  const missing = missingOptions(flags, mountId, mountinfo, request);
   if (missing.length > 0) {
     throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show ${missing.join(',')} in effect (fstatvfs flags ${flags.toString(16)})`);
   }
-}
-
-/** ERR_MOUNT_FAILED unless the mount `mountId`, listed in `mountinfo`, is idmapped: no fstatvfs flag tells it, mountinfo does. */
-export function checkIdmapped(mountinfo: string, mountId: number, what: string): void {
-  if (parseMountinfo(readFileSync(mountinfo, 'utf8')).find((m) => m.id === mountId)?.options.includes('idmapped')) return;
-  throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what}: the mount does not show idmapped in effect`);
 }
 
 /** The mount's options: those util-linux's `remount,bind,nosuid,nodev,<mode>` gives, and private; idmapped with `userns` when given. */
