@@ -147,19 +147,19 @@ export class BindMounter implements Mounter {
    * `Mounter.attachAll`). Needs the kernel engine (ERR_ATTACH_UNSUPPORTED otherwise) and
    * util-linux's nsenter, mount and umount (ERR_ATTACH_HELPER_MISSING).
    */
-  async attachAll(pid: number, requests: readonly AttachRequest[]): Promise<string[]> {
-    checkAttachTargets(pid, requests, true);
+  async attachAll(pid: number, requests: readonly AttachRequest[], namespace?: string): Promise<string[]> {
+    checkAttachTargets(pid, requests, true, namespace);
     if (requests.length === 0) return [];
     checkMountPrivilege(`attaching ${requests[0]?.path} in process ${pid}`);
-    return this.#attacher('attach').attachAll(pid, requests, namespaceHelper);
+    return this.#attacher('attach').attachAll(pid, requests, namespaceHelper, namespace);
   }
 
   /** Detaches, in the order given, the mounts at the paths that are those volumes (see `Mounter.detachAll`). */
-  async detachAll(pid: number, targets: readonly AttachTarget[]): Promise<string[]> {
-    checkAttachTargets(pid, targets, false);
+  async detachAll(pid: number, targets: readonly AttachTarget[], namespace?: string): Promise<string[]> {
+    checkAttachTargets(pid, targets, false, namespace);
     if (targets.length === 0) return [];
     checkMountPrivilege(`detaching ${targets[0]?.path} in process ${pid}`);
-    return this.#attacher('detach').detachAll(pid, targets, namespaceHelper);
+    return this.#attacher('detach').detachAll(pid, targets, namespaceHelper, namespace);
   }
 
   #attacher(doing: string): KernelAttacher {

@@ -174,13 +174,14 @@ export class FakeMounter implements Mounter {
 
   /**
    * Mounts volumes in a process's namespace, kept in memory per pid (any positive pid
-   * will do: the process is not looked at). As `BindMounter.attachAll`: a path whose
+   * will do: the process is not looked at, nor compared with `namespace`, which is only
+   * checked for its form). As `BindMounter.attachAll`: a path whose
    * topmost mount is another volume, or this volume in another mode or not idmapped as
    * asked, is ERR_MOUNT_POINT_IN_USE, one that is this volume as asked is left alone, and
    * an injected failure undoes what the call made.
    */
-  async attachAll(pid: number, requests: readonly AttachRequest[]): Promise<string[]> {
-    checkAttachTargets(pid, requests, true);
+  async attachAll(pid: number, requests: readonly AttachRequest[], namespace?: string): Promise<string[]> {
+    checkAttachTargets(pid, requests, true, namespace);
     const ns = this.attached.get(pid) ?? new Map<string, FakeMount[]>();
     const top = (at: string) => ns.get(at)?.at(-1);
     const taken = requests.find((r) => top(r.path) !== undefined && top(r.path)?.source !== r.source);
@@ -205,8 +206,8 @@ export class FakeMounter implements Mounter {
   }
 
   /** Unmounts, in the order given, the topmost mount at each path of the process's namespace that is that volume. */
-  async detachAll(pid: number, targets: readonly AttachTarget[]): Promise<string[]> {
-    checkAttachTargets(pid, targets, false);
+  async detachAll(pid: number, targets: readonly AttachTarget[], namespace?: string): Promise<string[]> {
+    checkAttachTargets(pid, targets, false, namespace);
     const ns = this.attached.get(pid);
     const detached: string[] = [];
     for (const { source, path: at } of targets) {

@@ -3,6 +3,7 @@ import { landingPath } from '../rootfs/open-in-rootfs.js';
 import { normalizeVolumePath } from '../rules/volume-path.js';
 import { checkMode } from '../rules/volumes-from.js';
 import { checkIdMap } from '../rules/idmap.js';
+import { isNamespaceId } from '../namespaces/mount-namespace.js';
 import type { AttachRequest, AttachTarget, MountRequest, MountTarget } from './mounter.js';
 
 /**
@@ -47,9 +48,12 @@ export function checkPid(pid: unknown, what: string): asserts pid is number {
 }
 
 /** The arguments of `attachAll` / `detachAll`, checked as a mount's are (a rootfs aside: the process's root is it). */
-export function checkAttachTargets(pid: unknown, targets: unknown, withMode: boolean): void {
+export function checkAttachTargets(pid: unknown, targets: unknown, withMode: boolean, namespace?: unknown): void {
   const method = withMode ? 'attachAll' : 'detachAll';
   checkPid(pid, `${method}: pid`);
+  if (namespace !== undefined && !isNamespaceId(namespace)) {
+    throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${method}: namespace must be a mount namespace as the kernel names it, mnt:[<inode>], got ${describe(namespace)}`);
+  }
   if (!Array.isArray(targets)) throw new ContainerVolumesError('ERR_INVALID_ARGUMENT', `${method} takes an array of ${withMode ? 'requests' : 'targets'}, got ${describe(targets)}`);
   for (const target of targets as (AttachTarget | AttachRequest)[]) {
     if (typeof target !== 'object' || target === null) {

@@ -148,14 +148,19 @@ export interface Mounter {
    * alone; a path where another mount is, or that volume otherwise, refuses the whole
    * call (ERR_MOUNT_POINT_IN_USE) before anything is made. All or nothing. Resolves to
    * the paths it mounted. `ContainerRuntime.attach` needs it (and `detachAll`).
+   *
+   * `namespace`, when given, is the mount namespace (`mnt:[<inode>]`) the caller found
+   * `pid` in and recorded: if the process is in another one by the time it is opened
+   * (it moved, or the pid was reused), nothing is made (ERR_PROCESS_CHANGED), so no
+   * volume is ever mounted in a namespace nobody recorded.
    */
-  attachAll?(pid: number, requests: readonly AttachRequest[]): Promise<string[]>;
+  attachAll?(pid: number, requests: readonly AttachRequest[], namespace?: string): Promise<string[]>;
 
   /**
    * Optional: lazily detaches, in the order given (children first), the topmost mount at
    * each path in the mount namespace of process `pid`, only where that mount is the
    * volume named (a mount of anything else is left). Idempotent. Resolves to the paths
-   * it detached.
+   * it detached. `namespace` as for `attachAll`.
    */
-  detachAll?(pid: number, targets: readonly AttachTarget[]): Promise<string[]>;
+  detachAll?(pid: number, targets: readonly AttachTarget[], namespace?: string): Promise<string[]>;
 }

@@ -64,6 +64,14 @@ export function processGone(pid: number, cause?: unknown): ContainerVolumesError
   return new ContainerVolumesError('ERR_PROCESS_NOT_FOUND', `no running process ${pid}: it has exited, or never was`, { cause });
 }
 
+/** The refusal of a process found in another mount namespace than the one recorded for it: it moved, or its pid was reused. */
+export function processChanged(pid: number, recorded: string, now: string | undefined): ContainerVolumesError {
+  return new ContainerVolumesError(
+    'ERR_PROCESS_CHANGED',
+    `process ${pid} is no longer in mount namespace ${recorded} (${now === undefined ? 'it has exited' : `it is in ${now} now`}): it moved to another one, or its pid was reused; nothing was done`,
+  );
+}
+
 /**
  * The refusal to attach into this process's own mount namespace: there a volume is
  * mounted into the container's rootfs with `mount`, whose record `unmount`, `recover()`

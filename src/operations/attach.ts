@@ -47,7 +47,7 @@ export async function attachContainer(ctx: Context, containerId: string, pid: nu
   let attached: string[];
   try {
     ctx.store.assertLocked();
-    attached = await (mounter.attachAll as NonNullable<Mounter['attachAll']>).call(mounter, pid, requests);
+    attached = await (mounter.attachAll as NonNullable<Mounter['attachAll']>).call(mounter, pid, requests, ns.namespace);
   } catch (error) {
     // The mounter undid what it made: the store goes back to what it was.
     await ctx.store.writeContainer(config, recorded).catch((e: Error) => debugRuntime('restoring %s as it was failed: %s', config.id, e.message));
@@ -67,7 +67,7 @@ export async function detachContainer(ctx: Context, containerId: string, pid: nu
   const all = planMounts(config, (id) => ctx.store.volumeDir(id));
   const targets = all.filter((r) => paths === undefined || paths.includes(r.path)).reverse().map(({ source, path }) => ({ source, path }));
   ctx.store.assertLocked();
-  const detached = targets.length > 0 ? await (mounter.detachAll as NonNullable<Mounter['detachAll']>).call(mounter, pid, targets) : [];
+  const detached = targets.length > 0 ? await (mounter.detachAll as NonNullable<Mounter['detachAll']>).call(mounter, pid, targets, ns.namespace) : [];
   const attachment = config.attachedIn?.find((a) => a.namespace === ns.namespace);
   if (targets.length !== all.length || attachment === undefined) return { config, detached };
   // A volume left where something was mounted over it is still in use there: the

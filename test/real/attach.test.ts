@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { execa } from 'execa';
-import { BindMounter, ContainerRuntime, FakeMounter, type OciMount } from '../../src/index.js';
+import { type AttachRequest, type AttachTarget, BindMounter, ContainerRuntime, FakeMounter, type Mounter, type OciMount } from '../../src/index.js';
 import { busyboxRootfs } from '../helpers/busybox-rootfs.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
@@ -36,7 +36,7 @@ afterAll(async () => {
   await cleanupTemp();
 });
 
-async function world(mounter = new BindMounter({ engine: 'kernel' })) {
+async function world(mounter: Mounter = new BindMounter({ engine: 'kernel' })) {
   const dir = await fs.mkdtemp(path.join(base, 'w-'));
   const root = path.join(dir, 'state');
   const runtime = new ContainerRuntime({ root, mounter });
@@ -315,5 +315,52 @@ describe('attach: volumes added to a container runc runs, without restarting it'
     expect((await runtime.get(app.id)).attachedTo).toBeUndefined();
     expect((await runtime.recover()).attachmentsGone).toEqual([]);
     await runtime.remove(app.id, { volumes: true });
+  }, 60_000);
+
+  test('a process that moves to another mount namespace between the record and the mount: ERR_PROCESS_CHANGED, nothing mounted, nothing recorded', async () => {
+    const bind = new BindMounter({ engine: 'kernel' });
+    let beforeAttach: (() => Promise<void>) | undefined;
+    // Delegates to BindMounter, letting the process move just before the mounter opens it.
+    const mounter: Mounter = {
+      mount: (r) => bind.mount(r),
+      unmount: (t) => bind.unmount(t),
+      list: (d) => bind.list(d),
+      async attachAll(pid: number, requests: readonly AttachRequest[], namespace?: string) {
+        await beforeAttach?.();
+        return bind.attachAll(pid, requests, namespace);
+      },
+      detachAll: (pid: number, targets: readonly AttachTarget[], namespace?: string) => bind.detachAll(pid, targets, namespace),
+    };
+    const { runtime, root, rootfs, volumeDir } = await world(mounter);
+    const fsRoot = await rootfs('moving');
+    const app = await runtime.create({ rootfs: fsRoot, volumes: ['/data'] });
+    await fs.writeFile(path.join(volumeDir(app.volumes[0]!.volumeId), 'precious'), 'x');
+    const nsOf = (pid: number) => readlinkSync(`/proc/${pid}/ns/mnt`);
+    const ours = nsOf(process.pid);
+    const p = execa('unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c', 'read x; exec unshare -m --propagation private chroot "$0" /bin/sleep 1000', fsRoot], {
+      stdin: 'pipe',
+      reject: false,
+    });
+    const until = async (ok: () => boolean) => {
+      for (let i = 0; i < 500 && !ok(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    };
+    await until(() => existsSync(`/proc/${p.pid}`) && nsOf(p.pid as number) !== ours);
+    const first = nsOf(p.pid as number);
+    beforeAttach = async () => {
+      p.stdin?.write('\n');
+      await until(() => nsOf(p.pid as number) !== first && readlinkSync(`/proc/${p.pid}/root`) === fsRoot);
+    };
+    const stored = readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8');
+    try {
+      const error = await runtime.attach(app.id, { pid: p.pid as number }).catch((e: Error & { code: string }) => e);
+      expect(error).toMatchObject({ code: 'ERR_PROCESS_CHANGED', message: expect.stringContaining(first) });
+      expect(readFileSync(path.join(root, 'containers', `${app.id}.json`), 'utf8')).toBe(stored);
+      const seen = await execa('nsenter', ['-t', String(p.pid), '-m', '-r', '--', '/bin/ls', '-a', '/data'], { reject: false });
+      expect(seen.stdout).not.toContain('precious');
+      expect(readFileSync(`/proc/${p.pid}/mountinfo`, 'utf8').split('\n').some((l) => l.split(' ')[4] === '/data')).toBe(false);
+    } finally {
+      p.kill('SIGKILL');
+      await p;
+    }
   }, 60_000);
 });

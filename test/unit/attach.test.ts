@@ -250,3 +250,13 @@ describe('attach of a container with a user-namespace mapping', () => {
     expect(mounter.attachedIn(pid)).toEqual([]);
   });
 });
+
+test('attachAll and detachAll refuse a namespace that is not mnt:[<inode>], before anything is made', async () => {
+  const mounter = new FakeMounter();
+  for (const namespace of ['', 'mnt:[0]', 'net:[4026531840]', 'mnt:[12', 42]) {
+    await expectCode(mounter.attachAll(pid, [{ source: '/v', path: '/data', mode: 'rw' }], namespace as string), 'ERR_INVALID_ARGUMENT');
+    await expectCode(mounter.detachAll(pid, [{ source: '/v', path: '/data' }], namespace as string), 'ERR_INVALID_ARGUMENT');
+  }
+  expect(mounter.attachedIn(pid)).toEqual([]);
+  expect(mounter.calls).toEqual([]);
+});

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ContainerVolumesError, isErrnoException } from '../../errors.js';
 import { debugMount } from '../../debug.js';
-import { ownNamespaceRefused, processGone } from '../../namespaces/mount-namespace.js';
+import { ownNamespaceRefused, processChanged, processGone } from '../../namespaces/mount-namespace.js';
 import { landingPathIn, O_PATH_DIRECTORY, openInRootfs, procPathOf } from '../../rootfs/open-in-rootfs.js';
 import { isBelow } from '../../rules/volume-path.js';
 import type { AttachRequest, AttachTarget, MountTarget } from '../mounter.js';
@@ -57,8 +57,8 @@ interface Place {
 export class KernelAttacher {
   constructor(private readonly calls: KernelCalls) {}
 
-  async attachAll(pid: number, requests: readonly AttachRequest[], helper: () => NamespaceHelper): Promise<string[]> {
-    const proc = openProcess(pid);
+  async attachAll(pid: number, requests: readonly AttachRequest[], helper: () => NamespaceHelper, namespace?: string): Promise<string[]> {
+    const proc = openProcess(pid, namespace);
     const attached: { place: Place; tree: number }[] = [];
     let userNamespaces: UserNamespaces | undefined;
     try {
@@ -103,8 +103,8 @@ export class KernelAttacher {
     }
   }
 
-  async detachAll(pid: number, targets: readonly AttachTarget[], helper: () => NamespaceHelper): Promise<string[]> {
-    const proc = openProcess(pid);
+  async detachAll(pid: number, targets: readonly AttachTarget[], helper: () => NamespaceHelper, namespace?: string): Promise<string[]> {
+    const proc = openProcess(pid, namespace);
     const pinned: { target: AttachTarget; fd: number }[] = [];
     try {
       // Pinned before any is detached: a path changed meanwhile can no longer redirect one.
@@ -273,8 +273,14 @@ export class KernelAttacher {
   }
 }
 
-/** Opens the process's root and mount namespace; refuses a process that is gone or shares our namespace. */
-function openProcess(pid: number): ProcessRoot {
+/**
+ * Opens the process's root and mount namespace; refuses a process that is gone or shares
+ * our namespace. The two are opened one after the other by pid, so the process is then
+ * asked which namespace it is in: the one opened (a process that moved in between would
+ * have its root resolved in one namespace and the mounts moved into another), and the
+ * one the caller recorded, if given (ERR_PROCESS_CHANGED otherwise).
+ */
+function openProcess(pid: number, recorded: string | undefined): ProcessRoot {
   let ns: number;
   try {
     ns = fs.openSync(`/proc/${pid}/ns/mnt`, 'r');
@@ -286,6 +292,17 @@ function openProcess(pid: number): ProcessRoot {
     const [theirs, ours] = [fs.fstatSync(ns), fs.statSync('/proc/self/ns/mnt')];
     if (theirs.dev === ours.dev && theirs.ino === ours.ino) throw ownNamespaceRefused(pid);
     const root = fs.openSync(`/proc/${pid}/root`, O_PATH_DIRECTORY);
+    const opened = `mnt:[${theirs.ino}]`;
+    let now: string | undefined;
+    try {
+      now = fs.readlinkSync(`/proc/${pid}/ns/mnt`);
+    } catch {
+      // Gone: judged below as moved.
+    }
+    if (now !== opened || (recorded !== undefined && opened !== recorded)) {
+      fs.closeSync(root);
+      throw processChanged(pid, recorded ?? opened, now);
+    }
     return { pid, root, ns, rootPath: procPathOf(root) };
   } catch (error) {
     fs.closeSync(ns);
