@@ -69,8 +69,13 @@ export async function detachContainer(ctx: Context, containerId: string, pid: nu
   ctx.store.assertLocked();
   const detached = targets.length > 0 ? await (mounter.detachAll as NonNullable<Mounter['detachAll']>).call(mounter, pid, targets) : [];
   // Once every volume is out, the namespace holds nothing of the container: forgotten.
-  if (targets.length !== all.length || !config.attachedIn?.some((a) => a.namespace === ns.namespace)) return { config, detached };
-  const rest = config.attachedIn.filter((a) => a.namespace !== ns.namespace);
+  const attachedIn = config.attachedIn ?? [];
+  const entry = attachedIn.find((a) => a.namespace === ns.namespace);
+  if (targets.length !== all.length || entry === undefined) return { config, detached };
+  // Unless the container moved one out of its path's reach (renamed its mount point or a
+  // parent): still mounted there, it keeps the container in use until the process ends.
+  if (await namespaceHolds(ctx, entry, entry.bootId, config.volumes.map((v) => v.volumeId))) return { config, detached };
+  const rest = attachedIn.filter((a) => a.namespace !== ns.namespace);
   const { attachedIn: _, ...without } = config;
   const changed: ContainerConfig = rest.length > 0 ? { ...without, attachedIn: rest } : without;
   await ctx.store.writeContainer(changed, config);
