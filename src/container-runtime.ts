@@ -124,7 +124,9 @@ export class ContainerRuntime {
    * Takes volumes out of a running container again: lazily unmounts, children first, the
    * mount at each of the container's volume paths (or only `paths`) in the mount
    * namespace of process `pid`, where that mount is the volume itself (anything else
-   * mounted there is left). Idempotent. Once all are out, the attachment is forgotten.
+   * mounted there is left). Idempotent. Once all are out, the attachment is forgotten;
+   * a volume the container moved away from its path (by renaming a parent) is left, and
+   * keeps the attachment, until the path leads to it again or the process ends.
    */
   async detach(containerId: string, options: DetachOptions): Promise<DetachResult> {
     containerId = await resolveContainer(this.#ctx, containerId);

@@ -70,8 +70,9 @@ export async function detachContainer(ctx: Context, containerId: string, pid: nu
   const detached = targets.length > 0 ? await (mounter.detachAll as NonNullable<Mounter['detachAll']>).call(mounter, pid, targets, ns.namespace) : [];
   const attachment = config.attachedIn?.find((a) => a.namespace === ns.namespace);
   if (targets.length !== all.length || attachment === undefined) return { config, detached };
-  // A volume left where something was mounted over it is still in use there: the
-  // attachment is forgotten only once the namespace holds none of the volumes.
+  // A volume still mounted there — under something mounted over it, or moved out of its
+  // path's reach by the container renaming its mount point or a parent — is still in
+  // use: the attachment is forgotten only once the namespace holds none of the volumes.
   if (await namespaceHolds(ctx, attachment, attachment.bootId, config.volumes.map((v) => v.volumeId))) return { config, detached };
   const rest = (config.attachedIn ?? []).filter((a) => a.namespace !== ns.namespace);
   const { attachedIn: _, ...without } = config;

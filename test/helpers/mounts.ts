@@ -13,11 +13,14 @@ export interface MountLine {
   optional: string[];
 }
 
-/** Every mount of this process's namespace, in mountinfo order. */
-export function mountTable(): MountLine[] {
+/**
+ * Every mount of this process's namespace, in mountinfo order; or of another process's,
+ * given its `/proc/<pid>/mountinfo` (mount points then as seen from that process's root).
+ */
+export function mountTable(mountinfo = '/proc/self/mountinfo'): MountLine[] {
   const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
   return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .readFileSync(mountinfo, 'utf8')
     .split('\n')
     .filter(Boolean)
     .map((line) => {

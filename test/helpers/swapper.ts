@@ -37,11 +37,14 @@ function swapperCommand(workDir: string): { kind: 'c' | 'perl'; command: string;
 
 /**
  * Starts a process that keeps exchanging `name` and `otherName` in `dir`, and resolves
- * once it is swapping.
+ * once it is swapping. `enter` is a command that execs the swapper where it must run
+ * (`nsenter --mount=… --`: inside another mount namespace, as a process there would).
  */
-export async function startSwapper(dir: string, name: string, otherName: string, workDir: string): Promise<Swapper> {
+export async function startSwapper(dir: string, name: string, otherName: string, workDir: string, enter: readonly string[] = []): Promise<Swapper> {
   const { kind, command, args } = swapperCommand(workDir);
-  const child: ChildProcess = spawn(command, [...args, dir, name, otherName], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const argv = [...enter, command, ...args, dir, name, otherName];
+  // `enter` must exec (not fork) the swapper: pause() stops the process it started.
+  const child: ChildProcess = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
   let output = '';
   const exited = new Promise<void>((resolve, reject) => {
     child.on('error', reject);
