@@ -1,7 +1,8 @@
+import { readlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { ContainerVolumesError } from '../errors.js';
-import { currentMountNamespace, type MountNamespace, processInNamespace } from './mount-namespace.js';
+import { currentMountNamespace, type MountNamespace, processInNamespace, processesIn } from './mount-namespace.js';
 import { type MountinfoEntry, readMountinfo } from '../mounter/mountinfo.js';
 import { currentBootId } from '../store/boot-id.js';
 import type { ContainerConfig } from '../store/container-config.js';
@@ -77,13 +78,20 @@ function busy(volumeId: string, mount: MountinfoEntry, namespace: string): Conta
 
 /** What is mounted in a namespace now; undefined once no process has it. */
 async function mountsOf(ns: MountNamespace, bootId: string): Promise<MountinfoEntry[] | undefined> {
-  const pid = processInNamespace(ns, bootId);
-  if (pid === undefined) return undefined;
-  try {
-    return await readMountinfo(`/proc/${pid}/mountinfo`);
-  } catch {
-    return undefined; // its last process exited meanwhile
+  const tried = new Set<number>();
+  // The process found may exit before its mountinfo is read (a `mount` spawned there
+  // lives a few milliseconds), or its pid be taken by a process elsewhere: the namespace
+  // is judged gone only once no process is left in it, not when one of them is.
+  for (let pid = processInNamespace(ns, bootId); pid !== undefined; pid = processesIn(ns.namespace).find((p) => !tried.has(p))) {
+    tried.add(pid);
+    try {
+      const mounts = await readMountinfo(`/proc/${pid}/mountinfo`);
+      if (readlinkSync(`/proc/${pid}/ns/mnt`) === ns.namespace) return mounts;
+    } catch {
+      // Exited meanwhile: another process may still be in the namespace.
+    }
   }
+  return undefined;
 }
 
 interface LocatedVolume {

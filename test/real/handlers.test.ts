@@ -118,6 +118,8 @@ interface Proc {
   /** Where /proc/<pid>/root leads: a chrooted handler command's is its handler rootfs. */
   root: string;
   args: string;
+  /** When it started, in clock ticks after boot. */
+  startTime: number;
 }
 
 /** Every process, read from /proc (no procps on a minimal Debian). */
@@ -127,7 +129,8 @@ function processes(): Proc[] {
     if (!/^\d+$/.test(name)) continue;
     try {
       const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
-      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const [state, ppid] = fields;
       let root = '';
       try {
         root = fs.readlinkSync(`/proc/${name}/root`);
@@ -135,7 +138,7 @@ function processes(): Proc[] {
         // A zombie has no root any more.
       }
       const args = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
-      out.push({ pid: Number(name), ppid: Number(ppid), state: state as string, root, args });
+      out.push({ pid: Number(name), ppid: Number(ppid), state: state as string, root, args, startTime: Number(fields[19]) });
     } catch {
       // Gone while we looked.
     }
@@ -393,11 +396,21 @@ function namespacesOf(pid: number): { mnt: string; pid: string } {
   return { mnt: fs.readlinkSync(`/proc/${pid}/ns/mnt`), pid: fs.readlinkSync(`/proc/${pid}/ns/pid`) };
 }
 
-/** Live processes in the mount namespace `ns.mnt`, or in the pid namespace `ns.pid` when it is not ours. */
-function processesIn(ns: { mnt: string; pid: string }): Proc[] {
+/** Now, in clock ticks after boot (USER_HZ, 100 on Linux), as /proc/<pid>/stat gives start times. */
+function bootTicks(): number {
+  return Math.ceil(Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 100);
+}
+
+/**
+ * Live processes in the mount namespace `ns.mnt`, or in the pid namespace `ns.pid` when
+ * it is not ours, started before `bornBefore` (boot ticks): once a namespace is gone the
+ * kernel gives its id to the next new one, whose processes (another test's, say) are
+ * not survivors of it.
+ */
+function processesIn(ns: { mnt: string; pid: string }, bornBefore = Infinity): Proc[] {
   const ownPid = fs.readlinkSync('/proc/self/ns/pid');
   return processes().filter((p) => {
-    if (p.state === 'Z') return false;
+    if (p.state === 'Z' || p.startTime > bornBefore) return false;
     try {
       const theirs = namespacesOf(p.pid);
       return theirs.mnt === ns.mnt || (ns.pid !== ownPid && theirs.pid === ns.pid);
@@ -495,10 +508,11 @@ describe("a command handler's processes die with it", () => {
       ns = namespacesOf(child.pid);
       expect(processesIn(ns).map((p) => p.pid)).toContain(child.pid);
       expect(fs.readFileSync(`/proc/${child.pid}/mountinfo`, 'utf8')).toMatch(/ \/data\/nested /);
+      const beforeKill = bootTicks();
       worker.kill('SIGKILL');
       await new Promise((resolve) => worker.once('exit', resolve));
-      await until('the handler processes to die', () => processesIn(ns!).length === 0).catch(() => undefined);
-      expect(processesIn(ns)).toEqual([]);
+      await until('the handler processes to die', () => processesIn(ns!, beforeKill).length === 0).catch(() => undefined);
+      expect(processesIn(ns, beforeKill)).toEqual([]);
       const report = await w.runtime.recover();
       expect(report.removedHandlers).toHaveLength(1);
       expect(report.failed).toEqual([]);
@@ -532,9 +546,10 @@ describe("a command handler's processes die with it", () => {
     await fsp.writeFile(file, JSON.stringify(config));
     await w.runtime.remove(db.id);
 
+    const beforeRecover = bootTicks();
     const report = await w.runtime.recover();
     // By the time the container is gone, so is every process that had the volumes mounted.
-    expect(processesIn(ns)).toEqual([]);
+    expect(processesIn(ns, beforeRecover)).toEqual([]);
     expect(report.removedHandlers).toEqual([handler.id]);
     const failed = (await settled) as HandlerError;
     expect(failed).toBeInstanceOf(HandlerError);
@@ -594,8 +609,9 @@ describe('removing a running handler container', () => {
     for (const v of db.volumes) expect(fs.existsSync(w.volumeDir(v.volumeId))).toBe(true);
     expect(processesIn(ns).map((p) => p.pid)).toContain(child.pid);
 
+    const beforeRemove = bootTicks();
     await w.runtime.remove(hid, { force: true, volumes: true });
-    expect(processesIn(ns)).toEqual([]);
+    expect(processesIn(ns, beforeRemove)).toEqual([]);
     for (const v of db.volumes) expect(fs.existsSync(w.volumeDir(v.volumeId))).toBe(false);
     const failed = (await settled) as HandlerError;
     expect(failed).toBeInstanceOf(HandlerError);
