@@ -7,19 +7,19 @@ import { landingPathIn, O_PATH_DIRECTORY, openInRootfs, procPathOf } from '../..
 import { isBelow } from '../../rules/volume-path.js';
 import type { AttachRequest, AttachTarget, MountTarget } from '../mounter.js';
 import type { NamespaceHelper } from '../namespace-helper.js';
-import { AT_EMPTY_PATH, AT_FDCWD, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE, STATX_ATTR_MOUNT_ROOT, STATX_INO, STATX_MNT_ID } from './constants.js';
+import { AT_EMPTY_PATH, AT_FDCWD, STATX_ATTR_MOUNT_ROOT, STATX_INO, STATX_MNT_ID } from './constants.js';
 import {
   changed,
   checkOptions,
   IN_ROOTFS,
   identityOf,
   type Identity,
-  makeDirectories,
+  detachedCopy,
+  mountFailed,
   missingOptions,
   OPEN_DIRECTORY,
   RESOLVE_ATTEMPTS,
   resolveFailed,
-  setAttributes,
 } from './engine.js';
 import type { KernelCalls } from './syscalls.js';
 import { UserNamespaces } from './user-namespace.js';
@@ -197,17 +197,9 @@ export class KernelAttacher {
   ) {
     const { calls } = this;
     const what = describe(place, proc.pid);
-    let tree: number;
-    try {
-      tree = calls.openTree(AT_FDCWD, place.request.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    } catch (error) {
-      throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: the volume directory cannot be opened (${(error as Error).message})`, { cause: error });
-    }
+    const tree = detachedCopy(calls, place.request, nested.map((child) => path.posix.relative(place.landed, child.landed)), userns, what);
     let target: number | null = null;
     try {
-      // While the copy is still writable and seen by nobody, so a read-only volume can hold mount points.
-      for (const child of nested) makeDirectories(calls, tree, path.posix.relative(place.landed, child.landed));
-      setAttributes(calls, tree, place.request, userns, what);
       target = this.resolve(proc, place.landed, true, what) as number;
       const identity = identityOf(calls.statx(target, '', AT_EMPTY_PATH, STATX_MNT_ID | STATX_INO));
       if (seen.has(identity)) {
@@ -216,8 +208,7 @@ export class KernelAttacher {
       await run.move(proc.ns, tree, target, what);
     } catch (error) {
       calls.close(tree);
-      if (error instanceof ContainerVolumesError) throw error;
-      throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: ${(error as Error).message}`, { cause: error });
+      throw mountFailed(error, what);
     } finally {
       if (target !== null) calls.close(target);
     }

@@ -142,18 +142,9 @@ export class KernelEngine {
   ): void {
     const what = describeMount(request);
     const calls = this.calls;
-    let tree: number;
-    try {
-      tree = calls.openTree(AT_FDCWD, request.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-    } catch (error) {
-      throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: the volume directory cannot be opened (${(error as Error).message})`, { cause: error });
-    }
+    const tree = detachedCopy(calls, request, nested.map((child) => path.posix.relative(request.path, child.path)), userns, what);
     let target: number | undefined;
     try {
-      // While the copy is still writable and seen by nobody, so a read-only volume can hold mount points.
-      // Before it is idmapped too: root of this namespace cannot create through an idmapping that has no id for it.
-      for (const child of nested) makeDirectories(calls, tree, path.posix.relative(request.path, child.path));
-      setAttributes(calls, tree, request, userns, what);
       target = session.resolve(request, true, what) as number;
       const identity = session.identityOf(target);
       // Landing refuses two paths to one directory by name; a bind mount inside the rootfs can still make two names one.
@@ -163,8 +154,7 @@ export class KernelEngine {
       calls.moveMount(tree, '', target, '', MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
     } catch (error) {
       calls.close(tree);
-      if (error instanceof ContainerVolumesError) throw error;
-      throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: ${(error as Error).message}`, { cause: error });
+      throw mountFailed(error, what);
     } finally {
       if (target !== undefined) calls.close(target);
     }
@@ -245,8 +235,39 @@ function attributesFor(request: Pick<MountRequest, 'mode'>, userns?: number): Mo
   };
 }
 
+/**
+ * The first half of every mount: a detached copy of the volume (`open_tree`), with the
+ * mount points of the volumes nested in it (`nested`, relative paths) made while it is
+ * still writable and seen by nobody, so that a read-only volume can hold them, and
+ * before it is idmapped, since root of this namespace cannot create through a mapping
+ * that has no id for it; then its options, read-only included, before anyone can see
+ * it. The caller owns the descriptor.
+ */
+export function detachedCopy(calls: KernelCalls, request: Pick<MountRequest, 'mode' | 'source'>, nested: readonly string[], userns: number | undefined, what: string): number {
+  let tree: number;
+  try {
+    tree = calls.openTree(AT_FDCWD, request.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  } catch (error) {
+    throw new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: the volume directory cannot be opened (${(error as Error).message})`, { cause: error });
+  }
+  try {
+    for (const relative of nested) makeDirectories(calls, tree, relative);
+    setAttributes(calls, tree, request, userns, what);
+    return tree;
+  } catch (error) {
+    calls.close(tree);
+    throw mountFailed(error, what);
+  }
+}
+
+/** A failure of the mount pipeline as a coded error: ours as thrown, any other as ERR_MOUNT_FAILED. */
+export function mountFailed(error: unknown, what: string): ContainerVolumesError {
+  if (error instanceof ContainerVolumesError) return error;
+  return new ContainerVolumesError('ERR_MOUNT_FAILED', `${what} failed: ${(error as Error).message}`, { cause: error });
+}
+
 /** Sets a detached mount's options (`attributesFor`) before anyone sees it; a file system that cannot be idmapped is ERR_IDMAP_UNSUPPORTED. */
-export function setAttributes(calls: KernelCalls, tree: number, request: Pick<MountRequest, 'mode' | 'source'>, userns: number | undefined, what: string): void {
+function setAttributes(calls: KernelCalls, tree: number, request: Pick<MountRequest, 'mode' | 'source'>, userns: number | undefined, what: string): void {
   try {
     calls.mountSetattr(tree, '', AT_EMPTY_PATH, attributesFor(request, userns));
   } catch (error) {
@@ -318,7 +339,7 @@ function parentOf(requests: readonly MountRequest[], i: number): number | undefi
  * Best effort: whatever stops it (a file in the way, a dangling link) is met again, and
  * reported, when the mount point is resolved from the rootfs.
  */
-export function makeDirectories(calls: KernelCalls, root: number, relative: string): void {
+function makeDirectories(calls: KernelCalls, root: number, relative: string): void {
   const names = relative.split('/');
   for (let i = 0; i < names.length; i++) {
     let parent: number;
