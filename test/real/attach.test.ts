@@ -8,7 +8,7 @@ import { type AttachRequest, type AttachTarget, BindMounter, ContainerRuntime, F
 import { busyboxRootfs } from '../helpers/busybox-rootfs.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { assertPrivateMountNamespace } from './guard.js';
+import { assertPrivateMountNamespace, requireCommand } from './guard.js';
 
 // Containers run by runc from `ociMounts`, detached (`runc run -d`, a `sleep` as their
 // process); the library then attaches and detaches volumes in their mount namespaces.
@@ -18,11 +18,7 @@ let runcState: string;
 
 beforeAll(async () => {
   assertPrivateMountNamespace();
-  try {
-    await execa('runc', ['--version']);
-  } catch (error) {
-    throw new Error('runc is needed for this suite: apt-get install runc (.ci/run installs it)', { cause: error });
-  }
+  await requireCommand('runc', ['--version'], 'apt-get install runc');
   base = await tempDir('attach-');
   runcState = path.join(base, 'runc-state');
 });

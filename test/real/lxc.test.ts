@@ -6,7 +6,7 @@ import { BindMounter, ContainerRuntime, type Mounter } from '../../src/index.js'
 import { busyboxRootfs } from '../helpers/busybox-rootfs.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { assertPrivateMountNamespace } from './guard.js';
+import { assertPrivateMountNamespace, requireCommand } from './guard.js';
 
 // LXC, not the library, makes every volume mount here: each container is started with
 // `lxc-execute` from a configuration holding `runtime.lxcMountEntries(id)`, and LXC
@@ -19,11 +19,7 @@ let runs = 0;
 
 beforeAll(async () => {
   assertPrivateMountNamespace();
-  try {
-    await execa('lxc-execute', ['--version']);
-  } catch (error) {
-    throw new Error('LXC is needed for this suite: apt-get install --no-install-recommends lxc (.ci/run installs it)', { cause: error });
-  }
+  await requireCommand('lxc-execute', ['--version'], 'apt-get install --no-install-recommends lxc');
   base = await tempDir('lxc-');
   lxcPath = path.join(base, 'lxc-path');
   await fs.mkdir(lxcPath);

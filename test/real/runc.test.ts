@@ -7,7 +7,7 @@ import { BindMounter, ContainerRuntime, type OciMount } from '../../src/index.js
 import { busyboxRootfs } from '../helpers/busybox-rootfs.js';
 import { cleanupTemp, tempDir } from '../helpers/fixtures.js';
 import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
-import { assertPrivateMountNamespace } from './guard.js';
+import { assertPrivateMountNamespace, requireCommand } from './guard.js';
 
 // runc, not the library, makes every volume mount here: the runtime is never asked to
 // `mount`, and each runc container mounts its volumes in its own mount namespace.
@@ -17,11 +17,7 @@ let runcState: string;
 
 beforeAll(async () => {
   assertPrivateMountNamespace();
-  try {
-    await execa('runc', ['--version']);
-  } catch (error) {
-    throw new Error('runc is needed for this suite: apt-get install runc (.ci/run installs it)', { cause: error });
-  }
+  await requireCommand('runc', ['--version'], 'apt-get install runc');
   base = await tempDir('runc-');
   runcState = path.join(base, 'runc-state');
 });
