@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 
 /** One line of /proc/self/mountinfo, as the tests read it (independently of src/). */
 export interface MountLine {
@@ -47,4 +48,36 @@ export function unmountAllUnder(dir: string): void {
   for (const { mountPoint } of mountsUnder(dir).reverse()) {
     execFileSync('umount', ['-l', mountPoint]);
   }
+}
+
+/**
+ * Puts logging wrappers of `tools` (`mount`, `umount`…) first on PATH, each appending its
+ * name to `log` before running the real one, so a test can count the processes a mounter
+ * spawns. `restore()` puts PATH back.
+ */
+export function logSpawns(dir: string, tools: readonly string[]): { log: string; restore(): void } {
+  const bin = path.join(dir, 'bin');
+  const log = path.join(dir, 'spawns.log');
+  fs.mkdirSync(bin);
+  for (const tool of tools) {
+    fs.writeFileSync(path.join(bin, tool), `#!/bin/bash\necho ${tool} >> ${log}\nexec /usr/bin/${tool} "$@"\n`, { mode: 0o755 });
+  }
+  const savedPath = process.env.PATH;
+  process.env.PATH = `${bin}:${savedPath}`;
+  return {
+    log,
+    restore: () => {
+      process.env.PATH = savedPath;
+    },
+  };
+}
+
+/** Ten volume directories under `dir`, each holding a marker file, as requests at `/data/<i>` in `rootfs`, rw and ro in turn. */
+export function tenVolumeRequests(dir: string, rootfs: string) {
+  return Array.from({ length: 10 }, (_, i) => {
+    const source = path.join(dir, `volume-${i}`);
+    fs.mkdirSync(source);
+    fs.writeFileSync(path.join(source, 'marker'), `volume ${i}`);
+    return { source, rootfs, path: `/data/${i}`, mode: i % 2 ? ('ro' as const) : ('rw' as const) };
+  });
 }

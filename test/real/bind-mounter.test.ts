@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { BindMounter, MountCommandError } from '../../src/index.js';
 import { mounterContract } from '../../src/testing.js';
 import { cleanupTemp, expectCode, tempDir } from '../helpers/fixtures.js';
-import { mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { logSpawns, mountsUnder, tenVolumeRequests, unmountAllUnder } from '../helpers/mounts.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /** The engine CONTAINER_VOLUMES_MOUNT_ENGINE picks (test/run.mjs runs the suite once per engine), else the default. */
@@ -167,20 +167,8 @@ describe('BindMounter: what a process sees', () => {
   test('a 10-volume container is mounted by 2 processes and unmounted by 1, whatever the number of volumes', async () => {
     const { rootfs } = await dirs();
     const dir = path.dirname(rootfs);
-    const bin = path.join(dir, 'bin');
-    const log = path.join(dir, 'spawns.log');
-    fs.mkdirSync(bin);
-    for (const tool of ['mount', 'umount']) {
-      fs.writeFileSync(path.join(bin, tool), `#!/bin/bash\necho ${tool} >> ${log}\nexec /usr/bin/${tool} "$@"\n`, { mode: 0o755 });
-    }
-    const requests = Array.from({ length: 10 }, (_, i) => {
-      const source = path.join(dir, `volume-${i}`);
-      fs.mkdirSync(source);
-      fs.writeFileSync(path.join(source, 'marker'), `volume ${i}`);
-      return { source, rootfs, path: `/data/${i}`, mode: i % 2 ? ('ro' as const) : ('rw' as const) };
-    });
-    const savedPath = process.env.PATH;
-    process.env.PATH = `${bin}:${savedPath}`;
+    const requests = tenVolumeRequests(dir, rootfs);
+    const { log, restore } = logSpawns(dir, ['mount', 'umount']);
     try {
       await utilLinux.mountAll(requests);
       expect(fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)).toEqual(['mount', 'mount']);
@@ -192,7 +180,7 @@ describe('BindMounter: what a process sees', () => {
       await utilLinux.unmountAll([...requests].reverse());
       expect(fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)).toEqual(['umount']);
     } finally {
-      process.env.PATH = savedPath;
+      restore();
     }
     expect(mountsUnder(rootfs)).toEqual([]);
   });

@@ -31,7 +31,7 @@ import {
 import { kernelMountApi } from '../../src/mounter/kernel/probe.js';
 import { KernelCallError, type KernelCalls } from '../../src/mounter/kernel/syscalls.js';
 import { cleanupTemp, expectCode, tempDir } from '../helpers/fixtures.js';
-import { mountTable, mountsUnder, unmountAllUnder } from '../helpers/mounts.js';
+import { logSpawns, mountTable, mountsUnder, tenVolumeRequests, unmountAllUnder } from '../helpers/mounts.js';
 import { assertPrivateMountNamespace } from './guard.js';
 
 /*
@@ -279,20 +279,8 @@ describe('the kernel engine', () => {
 
   test('a 10-volume container is mounted and unmounted without spawning a single process', async () => {
     const { dir, rootfs } = await dirs();
-    const bin = path.join(dir, 'bin');
-    const log = path.join(dir, 'spawns.log');
-    fs.mkdirSync(bin);
-    for (const tool of ['mount', 'umount', 'nsenter']) {
-      fs.writeFileSync(path.join(bin, tool), `#!/bin/bash\necho ${tool} >> ${log}\nexec /usr/bin/${tool} "$@"\n`, { mode: 0o755 });
-    }
-    const requests = Array.from({ length: 10 }, (_, i) => {
-      const source = path.join(dir, `volume-${i}`);
-      fs.mkdirSync(source);
-      fs.writeFileSync(path.join(source, 'marker'), `volume ${i}`);
-      return { source, rootfs, path: `/data/${i}`, mode: i % 2 ? ('ro' as const) : ('rw' as const) };
-    });
-    const savedPath = process.env.PATH;
-    process.env.PATH = `${bin}:${savedPath}`;
+    const requests = tenVolumeRequests(dir, rootfs);
+    const { log, restore } = logSpawns(dir, ['mount', 'umount', 'nsenter']);
     const mounter = kernel();
     const descriptors = openDescriptors();
     try {
@@ -304,7 +292,7 @@ describe('the kernel engine', () => {
       for (const m of mountsUnder(rootfs)) expect(m.options).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
       await mounter.unmountAll([...requests].reverse());
     } finally {
-      process.env.PATH = savedPath;
+      restore();
     }
     expect(fs.existsSync(log)).toBe(false);
     expect(mountsUnder(rootfs)).toEqual([]);
